@@ -1,0 +1,80 @@
+"""One Prefect flow per stage. Shard-parallel stages map their shards as Prefect tasks.
+
+Flows run in Prefect's ephemeral mode (no server needed) or against a server/work pool; the
+task runner comes from `execution.task_runner` in the run config (local threads or Dask).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from hiercaps_gen.config import RunConfig
+from hiercaps_gen.stage import ShardStage
+
+
+def task_runner(config: RunConfig):
+    """Local threads by default; a Dask cluster (address, or a local one) when configured."""
+    if config.execution.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if config.execution.dask_address:
+            return DaskTaskRunner(address=config.execution.dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": config.execution.workers, "threads_per_worker": 1})
+    return ThreadPoolTaskRunner(max_workers=1)
+
+
+@task(name="shard", retries=1)
+def run_shard_task(stage: ShardStage, upstream: dict[str, Any]) -> dict[str, Any]:
+    return stage.run_shard(upstream)
+
+
+def run_sharded(stage: ShardStage) -> dict[str, Any]:
+    """Map a stage's shards as tasks on the flow's task runner, then write its manifest."""
+    futures = run_shard_task.with_options(name=f"{stage.name}-shard").map(stage, stage.shards())
+    return stage.finalize([f.result() for f in futures])
+
+
+@flow(name="ingest")
+def ingest_flow(config: RunConfig, run_dir: Path) -> dict[str, Any]:
+    from hiercaps_gen.ingest import run_ingest
+
+    return run_ingest(config, run_dir)
+
+
+@flow(name="abstract")
+def abstract_flow(config: RunConfig, run_dir: Path) -> dict[str, Any]:
+    from hiercaps_gen.abstract import AbstractStage
+
+    return run_sharded(AbstractStage(config, run_dir))
+
+
+@flow(name="train-ordering")
+def train_ordering_flow(config: RunConfig, run_dir: Path) -> dict[str, Any]:
+    from hiercaps_gen.ordering import train_ordering
+
+    return train_ordering(config, run_dir)
+
+
+@flow(name="negatives")
+def negatives_flow(config: RunConfig, run_dir: Path) -> dict[str, Any]:
+    from hiercaps_gen.negatives import NegativesStage
+
+    return run_sharded(NegativesStage(config, run_dir))
+
+
+@flow(name="filter")
+def filter_flow(config: RunConfig, run_dir: Path) -> dict[str, Any]:
+    from hiercaps_gen.filter import FilterStage
+
+    return run_sharded(FilterStage(config, run_dir))
+
+
+@flow(name="release")
+def release_flow(config: RunConfig, run_dir: Path, version: str, out: Path) -> str:
+    from hiercaps_gen.release import build_release
+
+    return str(build_release(config, run_dir, version, out))

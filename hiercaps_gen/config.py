@@ -1,0 +1,207 @@
+"""Run configuration: pure pydantic models, loaded from YAML, split from the engines.
+
+A run's identity is the hash of its canonical JSON dump (`fingerprint`); each stage also has its
+own fingerprint (its section plus the seed), so changing the negatives' threshold does not
+invalidate the LLM's shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PROFILES_DIR = Path(__file__).parent / "profiles"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A run config that cannot be loaded: unknown keys, bad values, missing file."""
+
+
+class Strict(BaseModel):
+    """Base of every config section: unknown keys are errors and values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IngestConfig(Strict):
+    source: Literal["coco", "cc", "parquet"] = "coco"
+    input: str = "data/coco_val2014_sample/captions.json"
+    limit: int | None = Field(default=None, ge=1, description="sample this many captions (seeded)")
+    num_shards: int = Field(default=4, ge=1, le=100_000)
+    max_chars: int = Field(default=1000, ge=1, description="longer captions are rejected")
+    min_words: int = Field(default=2, ge=1)
+
+
+class LLMConfig(Strict):
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    model: str = "embedded:smollm2"
+    revision: str | None = None
+    base_urls: list[str] = Field(default_factory=list, description="openai backend endpoints")
+    api_key_env: str = "OPENAI_API_KEY"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    batch_size: int = Field(default=32, ge=1)
+    max_new_tokens: int = Field(default=64, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    structured_output: bool = False
+    concurrency: int = Field(default=16, ge=1)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=4, ge=0)
+    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
+
+
+class AbstractConfig(Strict):
+    llm: LLMConfig = LLMConfig()
+    prompt: str = "abstract_v1"
+    max_attempts: int = Field(default=3, ge=1)
+    retry_temperature: float = Field(default=0.7, ge=0.0)
+    candidates: int = Field(default=1, ge=1)
+    embedding_check: bool = False
+    max_level1_words: int = Field(default=3, ge=1)
+
+
+class OrderingConfig(Strict):
+    model: str = Field(default="embedded:t5-minilm-vocab", description="recipe, hub id or directory")
+    revision: str | None = None
+    d_model: int = Field(default=256, ge=8, description="size of recipe-built T5 models")
+    layers: int = Field(default=3, ge=1)
+    heads: int = Field(default=4, ge=1)
+    d_ff: int = Field(default=1024, ge=8)
+    epochs: int = Field(default=30, ge=1)
+    max_steps: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    warmup_fraction: float = Field(default=0.05, ge=0, lt=1)
+    eval_every: int = Field(default=50, ge=1, description="steps between held-out evaluations")
+    heldout_fraction: float = Field(default=0.1, gt=0, lt=1)
+    max_source_len: int = Field(default=64, ge=8)
+    max_target_len: int = Field(default=32, ge=4)
+    distill: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class NegativesConfig(Strict):
+    candidates: int = Field(default=6, ge=1)
+    temperature: float = Field(default=1.0, gt=0.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    paraphrase_threshold: float = Field(default=0.9, gt=0.0, le=1.0)
+    batch_size: int = Field(default=64, ge=1)
+
+
+class FilterConfig(Strict):
+    scorer: Literal["embedding", "nli"] = "embedding"
+    encoder: str = "embedded:minilm"
+    nli_model: str = "cross-encoder/nli-deberta-v3-base"
+    min_positive_order: float = Field(default=0.0, ge=-1.0, le=1.0)
+    max_negative_similarity: float = Field(default=0.95, gt=0.0, le=1.0)
+
+
+class ReleaseConfig(Strict):
+    name: str = "hierarcaps-gen-sample"
+    test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    rows_per_shard: int = Field(default=50_000, ge=1)
+    license: str = "CC BY 4.0 (source captions); generated text under the generator model's terms"
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not v or not all(c.isalnum() or c in "-_." for c in v) or v.startswith("."):
+            raise ValueError("release name may hold letters, digits, '-', '_', '.' only")
+        return v
+
+
+class FinetuneConfig(Strict):
+    encoder: str = "embedded:minilm"
+    encoder_type: Literal["auto", "clip", "sentence"] = "auto"
+    learning_rate: float | None = Field(
+        default=None, gt=0, description="None: the encoder type's default (CLIP 1e-7, sentence 1e-4)"
+    )
+    batch_size: int = Field(default=8, ge=1, description="hierarchies per step")
+    epochs: int = Field(default=1, ge=1)
+    max_steps: int | None = Field(default=None, ge=1)
+    lambda_pull: float = 10.0
+    lambda_entail: float = 1.0
+    lambda_margin: float = 1.0
+    checkpoint_every: int = Field(default=50, ge=1, description="steps between checkpoints")
+    shuffle_buffer: int = Field(default=10_000, ge=1, description="hierarchies held for the seeded shuffle")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class ExecutionConfig(Strict):
+    task_runner: Literal["local", "dask"] = "local"
+    dask_address: str | None = None
+    workers: int = Field(default=2, ge=1)
+
+
+class RunConfig(Strict):
+    name: str = "default"
+    seed: int = 0
+    ingest: IngestConfig = IngestConfig()
+    abstract: AbstractConfig = AbstractConfig()
+    ordering: OrderingConfig = OrderingConfig()
+    negatives: NegativesConfig = NegativesConfig()
+    filter: FilterConfig = FilterConfig()
+    release: ReleaseConfig = ReleaseConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    execution: ExecutionConfig = ExecutionConfig()
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def fingerprint(self) -> str:
+        """Identity of the whole run: sha256 of the canonical dump, 16 hex digits."""
+        return _digest(self.canonical_json())
+
+    def stage_fingerprint(self, section: str) -> str:
+        """Identity of one stage's settings: its section plus the seed."""
+        payload = {"seed": self.seed, section: getattr(self, section).model_dump(mode="json")}
+        return _digest(json.dumps(payload, sort_keys=True, separators=(",", ":")))
+
+    def with_overrides(self, overrides: dict[str, Any]) -> RunConfig:
+        """A copy with dotted-key overrides applied (`{"abstract.llm.backend": "openai"}`)."""
+        data = self.model_dump(mode="json")
+        for dotted, value in overrides.items():
+            if value is None:
+                continue
+            node = data
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                node = node[key]
+            node[leaf] = value
+        return _validate(data, source="overrides")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _validate(data: Any, source: str) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data or {})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid run config ({source}): {problems}") from None
+
+
+def load_config(name_or_path: str | Path = "cpu") -> RunConfig:
+    """Load a shipped profile (`cpu`, `gpu`) or a YAML file."""
+    path = Path(name_or_path)
+    if not path.suffix and (PROFILES_DIR / f"{name_or_path}.yaml").exists():
+        path = PROFILES_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        profiles = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
+        raise ConfigError(f"config {name_or_path!s} not found (profiles: {profiles})")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+    return _validate(data, source=str(path))

@@ -1,0 +1,118 @@
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pyarrow as pa
+import pytest
+
+from hiercaps_gen.config import RunConfig
+from hiercaps_gen.pull import PullError, pull
+from hiercaps_gen.release import read_release, write_release
+from hiercaps_gen.schema import FILTERED
+
+from .conftest import REPO, synthetic_rows
+
+NAME = "hierarcaps-gen-sample"
+
+
+@pytest.fixture
+def releases(tmp_path) -> Path:
+    root = tmp_path / "published"
+    write_release(pa.Table.from_pylist(synthetic_rows(120), schema=FILTERED),
+                  RunConfig().with_overrides({"release.rows_per_shard": 30}), "1.2.3", root)
+    return root
+
+
+@pytest.fixture
+def http_server(releases, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "tests.static_server", str(releases), str(port)],
+                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            httpx.get(url + f"/{NAME}/1.2.3/manifest.json", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    yield url, tmp_path / "server.log"
+    proc.terminate()
+    proc.wait(timeout=10)
+    log.close()
+
+
+def same_release(a: Path, b: Path) -> bool:
+    return read_release(a).to_pylist() == read_release(b).to_pylist()
+
+
+def test_pull_from_path_and_file_url(releases, tmp_path):
+    got = pull(str(releases / NAME), "1.2.3", tmp_path / "dest1", progress=False)
+    assert got == (tmp_path / "dest1" / NAME / "1.2.3").resolve()
+    assert same_release(got, releases / NAME / "1.2.3")
+    got2 = pull((releases / NAME).as_uri(), "1.2.3", tmp_path / "dest2", progress=False)
+    assert same_release(got2, releases / NAME / "1.2.3")
+    assert not (tmp_path / "dest2/.partial").exists()
+    assert pull(str(releases / NAME), "1.2.3", tmp_path / "dest1", progress=False) == got  # idempotent
+
+
+def test_pull_over_http_resumes_a_partial_file(releases, http_server, tmp_path):
+    url, log = http_server
+    manifest = json.loads((releases / NAME / "1.2.3/manifest.json").read_text())
+    big = max((f for f in manifest["files"]), key=lambda f: f["bytes"])
+    staging = tmp_path / "dest/.partial" / NAME / "1.2.3"
+    staging.mkdir(parents=True)
+    data = (releases / NAME / "1.2.3" / big["path"]).read_bytes()
+    (staging / (big["path"] + ".part")).write_bytes(data[: len(data) // 2])  # an interrupted download
+
+    got = pull(f"{url}/{NAME}", "1.2.3", tmp_path / "dest", progress=False)
+    assert same_release(got, releases / NAME / "1.2.3")
+    assert hashlib.sha256((got / big["path"]).read_bytes()).hexdigest() == big["sha256"]
+    assert " 206" in log.read_text()  # the rest came as a Range response
+
+
+def test_tampered_file_is_refused_and_never_visible(releases, http_server, tmp_path):
+    url, _ = http_server
+    shard = next((releases / NAME / "1.2.3").glob("train-00000-of-*.parquet"))
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0x01
+    shard.write_bytes(bytes(data))
+    for source in (f"{url}/{NAME}", str(releases / NAME)):
+        with pytest.raises(PullError, match="checksum mismatch"):
+            pull(source, "1.2.3", tmp_path / "dest", progress=False)
+        assert not (tmp_path / "dest" / NAME / "1.2.3").exists()
+        assert not list((tmp_path / "dest").rglob(shard.name + "*"))
+
+
+@pytest.mark.parametrize("bad_path", ["../../evil.parquet", "/etc/passwd", "a/../../b", "..", ".hidden",
+                                      "sub\\..\\x", "ok/../../x.parquet", ""])
+def test_manifest_paths_cannot_escape(releases, tmp_path, bad_path):
+    manifest_path = releases / NAME / "1.2.3/manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"][0]["path"] = bad_path
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(PullError, match="unsafe path|invalid manifest"):
+        pull(str(releases / NAME), "1.2.3", tmp_path / "dest", progress=False)
+    assert not (tmp_path / "evil.parquet").exists()
+    assert not (tmp_path / "dest" / NAME).exists()
+
+
+def test_pinned_manifest_and_version_mismatch(releases, tmp_path):
+    raw = (releases / NAME / "1.2.3/manifest.json").read_bytes()
+    pull(str(releases / NAME), "1.2.3", tmp_path / "ok", manifest_sha256=hashlib.sha256(raw).hexdigest(), progress=False)
+    with pytest.raises(PullError, match="manifest-sha256"):
+        pull(str(releases / NAME), "1.2.3", tmp_path / "no", manifest_sha256="0" * 64, progress=False)
+    os.rename(releases / NAME / "1.2.3", releases / NAME / "2.0.0")
+    with pytest.raises(PullError, match="asked for 2.0.0"):
+        pull(str(releases / NAME), "2.0.0", tmp_path / "no", progress=False)
+    with pytest.raises(PullError, match="unsupported source"):
+        pull("ftp://x/y", "2.0.0", tmp_path / "no", progress=False)
