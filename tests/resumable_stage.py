@@ -25,7 +25,7 @@ class LowercaseStage(ShardStage):
             os.kill(os.getpid(), signal.SIGKILL)
         kept = [{**r, "caption": r["caption"].lower()} for r in rows if len(r["caption"].split()) <= 12]
         dropped = [Reject(r, "too_many_words") for r in rows if len(r["caption"].split()) > 12]
-        return ShardOutput(kept, dropped, {"rows_seen": len(rows)})
+        return ShardOutput(kept, dropped, {"rows_seen": len(rows), "pid": os.getpid()})
 
 
 if __name__ == "__main__":

@@ -1,0 +1,139 @@
+"""Release I/O throughput: write and read back a release of N synthetic rows; pull vs a plain copy.
+
+    python bench/release_io.py [--rows 1000000]
+
+Prints rows/s for writing (split, sort, checksum, card) and for reading back every split with
+pyarrow, then the MB/s of `pull` from a local HTTP server and from a path against `shutil.copy`
+of the same bytes, and the ratios, all measured in this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from hiercaps_gen.config import RunConfig  # noqa: E402
+from hiercaps_gen.pull import pull  # noqa: E402
+from hiercaps_gen.release import read_release, write_release  # noqa: E402
+from hiercaps_gen.schema import FILTERED  # noqa: E402
+
+
+def synthetic_table(n: int) -> pa.Table:
+    """Columnar synthetic rows (built with Arrow, not Python dicts, so the bench measures I/O)."""
+    import pyarrow.compute as pc
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    idx = pa.array(range(n)).cast(pa.string())
+    words = lambda vocab: pa.array(vocab).take(pa.array(rng.integers(0, len(vocab), n)))  # noqa: E731
+    caption = pc.binary_join_element_wise(
+        words(["A brown", "A small", "An old", "Two white", "A large", "Three black"]),
+        words(["dog", "cat", "horse", "bus", "man", "woman", "bicycle", "pizza", "kite", "train"]),
+        idx,
+        words(["runs on", "sits near", "stands beside", "waits at", "looks at", "rides along"]),
+        words(["a sandy beach", "the red door", "a busy street", "the kitchen table", "a green field"]),
+        " ",
+    )
+    level = lambda text: pa.array([text] * n)  # noqa: E731
+    positive = pa.ListArray.from_arrays(
+        pa.array(range(0, 4 * n + 1, 4), pa.int32()),
+        _interleave([level("animal"), level("dog"), level("a dog on a beach"), caption]),
+    )
+    negative = pa.ListArray.from_arrays(
+        pa.array(range(0, 4 * n + 1, 4), pa.int32()),
+        _interleave([level("vehicle"), level("cat"), level("a cat on a sofa"), level("A cat sleeps on a red sofa")]),
+    )
+    columns = {
+        "id": pc.binary_join_element_wise("synthetic:", idx, ""), "source": level("synthetic"), "source_id": idx,
+        "image_id": pc.cast(pc.divide(pa.array(range(n)), 5), pa.string()), "image_url": level("http://example.invalid/x.jpg"),
+        "caption": caption, "positive": positive, "positive_origin": level("llm"), "generator_model": level("bench"),
+        "prompt_version": level("v0"), "prompt_hash": level("0" * 16), "seed": pa.array([0] * n, pa.int64()),
+        "attempts": pa.array([1] * n, pa.int32()), "negative": negative, "ordering_model_hash": level("none"),
+        "filter_score": pa.array([0.5] * n),
+    }
+    return pa.table({name: columns[name] for name in FILTERED.names}, schema=FILTERED)
+
+
+def _interleave(levels: list[pa.Array]) -> pa.Array:
+    import numpy as np
+
+    n = len(levels[0])
+    order = np.arange(4 * n).reshape(4, n).T.reshape(-1)
+    return pa.concat_arrays(levels).take(pa.array(order))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-release-"))
+    try:
+        table = synthetic_table(args.rows)
+        config = RunConfig().with_overrides({"release.rows_per_shard": 250_000})
+        t0 = time.perf_counter()
+        release = write_release(table, config, "1.0.0", work / "published")
+        write_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rows = read_release(release).num_rows
+        read_s = time.perf_counter() - t0
+        assert rows == args.rows
+        size = sum(p.stat().st_size for p in release.iterdir())
+        print(f"release write: {args.rows / write_s:,.0f} rows/s ({write_s:.1f} s, {size / 1e6:.0f} MB)")
+        print(f"release read (checksums verified): {args.rows / read_s:,.0f} rows/s ({read_s:.1f} s)")
+
+        t0 = time.perf_counter()
+        shutil.copytree(release, work / "copy")
+        copy_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pull(str(release.parent), "1.0.0", work / "pulled-path", progress=False)
+        path_s = time.perf_counter() - t0
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = subprocess.Popen([sys.executable, "-m", "tests.static_server", str(work / "published"), str(port)],
+                                  cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            import httpx
+
+            for _ in range(100):
+                try:
+                    httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            t0 = time.perf_counter()
+            pull(f"http://127.0.0.1:{port}/{release.parent.name}", "1.0.0", work / "pulled-http", progress=False)
+            http_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            with httpx.Client() as client:  # plain HTTP download of the same bytes, no verification
+                for p in sorted(release.iterdir()):
+                    (work / "raw").mkdir(exist_ok=True)
+                    (work / "raw" / p.name).write_bytes(client.get(f"http://127.0.0.1:{port}/{release.parent.name}/1.0.0/{p.name}").content)
+            raw_s = time.perf_counter() - t0
+        finally:
+            server.terminate()
+            server.wait()
+        mb = size / 1e6
+        print(f"plain copy:      {mb / copy_s:8.0f} MB/s")
+        print(f"pull (path):     {mb / path_s:8.0f} MB/s  ratio to plain copy {copy_s / path_s:.2f}")
+        print(f"plain HTTP GET:  {mb / raw_s:8.0f} MB/s")
+        print(f"pull (http):     {mb / http_s:8.0f} MB/s  ratio to plain copy {copy_s / http_s:.2f}, to plain GET {raw_s / http_s:.2f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
