@@ -66,8 +66,10 @@ def read_coco(path: Path) -> Iterator[Record | Reject]:
         raise IngestError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise IngestError(f"{path}: not a COCO captions file (needs a top-level 'annotations' list)")
+    if not isinstance(data.get("images", []), list):
+        raise IngestError(f"{path}: 'images' must be a list")
     urls = {}
-    for image in data.get("images") or []:
+    for image in data.get("images", []):
         if isinstance(image, dict) and "id" in image:
             urls[str(image["id"])] = str(image.get("coco_url") or image.get("flickr_url") or "")
     for index, ann in enumerate(data["annotations"]):
