@@ -55,6 +55,7 @@ class LLMConfig(Strict):
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=4, ge=0)
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
+    prefix_cache: bool = Field(default=True, description="transformers: compute the shared prompt prefix once")
 
 
 class AbstractConfig(Strict):
@@ -65,6 +66,11 @@ class AbstractConfig(Strict):
     candidates: int = Field(default=1, ge=1)
     embedding_check: bool = False
     max_level1_words: int = Field(default=3, ge=1)
+    min_overlap: float = Field(default=0.5, ge=0.0, le=1.0, description="share of level k words in level k+1")
+    embedding_min_tau: float = Field(default=1.0, ge=-1.0, le=1.0, description="root-distance order vs levels")
+    max_caption_chars: int = Field(default=2000, ge=1, description="longer captions are rejected, not prompted")
+    llm_budget: int | None = Field(default=None, ge=0, description="captions sent to the LLM (seeded choice)")
+    cache: bool = Field(default=True, description="content-addressed generation cache in RUN/abstract/")
 
 
 class OrderingConfig(Strict):
@@ -88,19 +94,29 @@ class OrderingConfig(Strict):
 
 
 class NegativesConfig(Strict):
-    candidates: int = Field(default=6, ge=1)
+    candidates: int = Field(default=6, ge=1, description="samples per level and round")
+    rounds: int = Field(default=2, ge=1, description="sampling rounds for levels still without a negative")
     temperature: float = Field(default=1.0, gt=0.0)
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    encoder: str = Field(default="embedded:minilm", description="paraphrase scorer")
     paraphrase_threshold: float = Field(default=0.9, gt=0.0, le=1.0)
-    batch_size: int = Field(default=64, ge=1)
+    min_level4_words: int = Field(default=5, ge=1, description="level-4 negatives are caption-like sentences")
+    batch_size: int = Field(default=64, ge=1, description="prompts per generate call")
 
 
 class FilterConfig(Strict):
     scorer: Literal["embedding", "nli"] = "embedding"
-    encoder: str = "embedded:minilm"
+    encoder: str = Field(default="embedded:minilm", description="embedding scorer's encoder")
     nli_model: str = "cross-encoder/nli-deberta-v3-base"
-    min_positive_order: float = Field(default=0.0, ge=-1.0, le=1.0)
-    max_negative_similarity: float = Field(default=0.95, gt=0.0, le=1.0)
+    nli_revision: str | None = None
+    min_positive_order: float = Field(
+        default=0.3, ge=-1.0, le=1.0, description="embedding: min Kendall tau of root distance vs level"
+    )
+    max_negative_similarity: float = Field(default=0.95, gt=0.0, le=1.0, description="embedding: cosine(n_k, p_k)")
+    nli_min_entailment: float = Field(default=0.5, ge=0.0, le=1.0, description="nli: P(p_k+1 entails p_k)")
+    nli_max_negative_entailment: float = Field(default=0.5, ge=0.0, le=1.0, description="nli: P(caption entails n_k)")
+    batch_size: int = Field(default=64, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 class ReleaseConfig(Strict):

@@ -99,4 +99,4 @@ def test_real_full_filesystem_gives_enospc_and_no_half_shard(tmp_path):
         with pytest.raises(StageError):
             load_manifest(mnt / "run", "ingest")
     finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
