@@ -16,6 +16,8 @@ from flows.stages import (
     ingest_flow,
     negatives_flow,
     release_flow,
+    ConfigParam,
+    resolve_config,
     task_runner,
     train_ordering_flow,
 )
@@ -27,8 +29,9 @@ def _with_runner(sub_flow, config: RunConfig):
 
 
 @flow(name="hierarcaps-pipeline")
-def pipeline_flow(config: RunConfig, run_dir: Path, version: str, out: Path, until: str = "release") -> str | None:
-    """Run the stages in order; `until` stops after a named stage (useful before the LLM exists)."""
+def pipeline_flow(config: ConfigParam, run_dir: Path, version: str, out: Path, until: str = "release") -> str | None:
+    """Run the stages in order; `until` stops after a named stage."""
+    config = resolve_config(config)
     ingest_flow(config, run_dir)
     steps = [
         ("abstract", lambda: _with_runner(abstract_flow, config)(config, run_dir)),

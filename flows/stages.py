@@ -6,14 +6,21 @@ task runner comes from `execution.task_runner` in the run config (local threads 
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from hiercaps_gen.config import RunConfig
+from hiercaps_gen.config import RunConfig, load_config
 from hiercaps_gen.stage import ShardStage
+
+ConfigParam = RunConfig | str  # deployments pass a profile name or YAML path
+
+
+def resolve_config(config: ConfigParam) -> RunConfig:
+    return config if isinstance(config, RunConfig) else load_config(config)
 
 
 def task_runner(config: RunConfig):
@@ -32,49 +39,61 @@ def run_shard_task(stage: ShardStage, upstream: dict[str, Any]) -> dict[str, Any
     return stage.run_shard(upstream)
 
 
+def _placement(stage: ShardStage):
+    """On an external Dask cluster, GPU stages' shards go only to workers started with
+    `--resources GPU=1` (the stage's declared resources); elsewhere nothing is constrained."""
+    execution = stage.config.execution
+    if execution.task_runner == "dask" and execution.dask_address and stage.resources.gpus:
+        import dask
+
+        return dask.annotate(resources={"GPU": stage.resources.gpus})
+    return nullcontext()
+
+
 def run_sharded(stage: ShardStage) -> dict[str, Any]:
     """Map a stage's shards as tasks on the flow's task runner, then write its manifest."""
-    futures = run_shard_task.with_options(name=f"{stage.name}-shard").map(stage, stage.shards())
+    with _placement(stage):
+        futures = run_shard_task.with_options(name=f"{stage.name}-shard").map(stage, stage.shards())
     return stage.finalize([f.result() for f in futures])
 
 
 @flow(name="ingest")
-def ingest_flow(config: RunConfig, run_dir: Path) -> dict[str, Any]:
+def ingest_flow(config: ConfigParam, run_dir: Path) -> dict[str, Any]:
     from hiercaps_gen.ingest import run_ingest
 
-    return run_ingest(config, run_dir)
+    return run_ingest(resolve_config(config), run_dir)
 
 
 @flow(name="abstract")
-def abstract_flow(config: RunConfig, run_dir: Path) -> dict[str, Any]:
+def abstract_flow(config: ConfigParam, run_dir: Path) -> dict[str, Any]:
     from hiercaps_gen.abstract import AbstractStage
 
-    return run_sharded(AbstractStage(config, run_dir))
+    return run_sharded(AbstractStage(resolve_config(config), run_dir))
 
 
 @flow(name="train-ordering")
-def train_ordering_flow(config: RunConfig, run_dir: Path) -> dict[str, Any]:
+def train_ordering_flow(config: ConfigParam, run_dir: Path) -> dict[str, Any]:
     from hiercaps_gen.ordering import train_ordering
 
-    return train_ordering(config, run_dir)
+    return train_ordering(resolve_config(config), run_dir)
 
 
 @flow(name="negatives")
-def negatives_flow(config: RunConfig, run_dir: Path) -> dict[str, Any]:
+def negatives_flow(config: ConfigParam, run_dir: Path) -> dict[str, Any]:
     from hiercaps_gen.negatives import NegativesStage
 
-    return run_sharded(NegativesStage(config, run_dir))
+    return run_sharded(NegativesStage(resolve_config(config), run_dir))
 
 
 @flow(name="filter")
-def filter_flow(config: RunConfig, run_dir: Path) -> dict[str, Any]:
+def filter_flow(config: ConfigParam, run_dir: Path) -> dict[str, Any]:
     from hiercaps_gen.filter import FilterStage
 
-    return run_sharded(FilterStage(config, run_dir))
+    return run_sharded(FilterStage(resolve_config(config), run_dir))
 
 
 @flow(name="release")
-def release_flow(config: RunConfig, run_dir: Path, version: str, out: Path) -> str:
+def release_flow(config: ConfigParam, run_dir: Path, version: str, out: Path) -> str:
     from hiercaps_gen.release import build_release
 
-    return str(build_release(config, run_dir, version, out))
+    return str(build_release(resolve_config(config), run_dir, version, out))
