@@ -11,7 +11,7 @@ RELEASES ?= releases
 VERSION  ?= 0.1.0
 NAME     ?= hierarcaps-gen-sample
 RELEASE  := $(RELEASES)/$(NAME)/$(VERSION)
-ENCODER  ?= $(RUN)/finetune
+FINETUNE ?= $(RUN)/finetune
 PYTEST_ARGS ?=
 
 # The embedded default never touches a model hub; a GPU node sets HF_HUB_OFFLINE=0.
@@ -69,10 +69,10 @@ export: setup
 	$(CLI) export --release $(RELEASE) --format hierarcaps-csv --out $(RUN)/export/hierarcaps.csv
 
 finetune: setup
-	$(CLI) finetune $(STAGE_ARGS) --release $(RELEASE) --out $(ENCODER)
+	$(CLI) finetune $(STAGE_ARGS) --release $(RELEASE) --out $(FINETUNE)
 
 evaluate: setup
-	$(CLI) evaluate --encoder $(ENCODER) --test $(RELEASE) --out $(RUN)/evaluate
+	$(CLI) evaluate --encoder $(FINETUNE)/encoder --test $(RELEASE) --out $(RUN)/evaluate
 
 report: setup
 	$(CLI) report --release $(RELEASE) --out reports/$(NAME)-$(VERSION)

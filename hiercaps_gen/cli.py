@@ -49,13 +49,15 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
 
 def cmd_abstract(args: argparse.Namespace) -> None:
-    from hiercaps_gen.abstract import AbstractStage
+    from hiercaps_gen.abstract import run_abstract
 
     config = run_config(args, {"abstract.llm.backend": args.backend, "abstract.llm.model": args.model,
                                "abstract.llm.base_urls": args.base_url or None,
                                "abstract.llm.batch_size": args.batch_size,
+                               "abstract.llm.threads": args.threads,
+                               "abstract.llm.structured_output": args.structured_output or None,
                                "abstract.llm_budget": args.llm_budget})
-    print(_summary(AbstractStage(config, Path(args.run_dir)).run()))
+    print(_summary(run_abstract(config, Path(args.run_dir))))
 
 
 def cmd_train_ordering(args: argparse.Namespace) -> None:
@@ -116,7 +118,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     out = Path(args.out) if args.out else Path(args.encoder) / "eval"
     evaluate(args.encoder, Path(args.test), out, images_dir=Path(args.images) if args.images else None,
-             baseline=args.baseline)
+             baseline=args.baseline, limit=args.limit, device=args.device)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -162,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-url", action="append", help="OpenAI-compatible endpoint (repeat for several)")
     p.add_argument("--batch-size", type=int, help="prompts per generate call")
     p.add_argument("--llm-budget", type=int, help="send at most this many captions to the LLM")
+    p.add_argument("--threads", type=int, help="torch CPU threads for the transformers backend")
+    p.add_argument("--structured-output", action="store_true", help="constrain answers to the format (vLLM)")
 
     p = stage("train-ordering", cmd_train_ordering, "train the seq2seq ordering model on the positive hierarchies")
     p.add_argument("--model", help="seq2seq model id, directory, or embedded:<name>")
@@ -211,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", help="directory of images (enables precision/recall for encoders with an image tower)")
     p.add_argument("--baseline", help="encoder to compare against (default: the fine-tune's original encoder)")
     p.add_argument("--out", help="output directory (default: ENCODER/eval)")
+    p.add_argument("--limit", type=int, help="evaluate on the first N test hierarchies only")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run the encoder")
 
     p = sub.add_parser("report", help="HTML quality report with figures", description="write a quality report of a release")
     p.set_defaults(func=cmd_report)

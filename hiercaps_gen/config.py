@@ -56,6 +56,7 @@ class LLMConfig(Strict):
     max_retries: int = Field(default=4, ge=0)
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
     prefix_cache: bool = Field(default=True, description="transformers: compute the shared prompt prefix once")
+    threads: int | None = Field(default=None, ge=1, description="transformers on CPU: torch threads (None: torch's)")
 
 
 class AbstractConfig(Strict):
@@ -67,30 +68,34 @@ class AbstractConfig(Strict):
     embedding_check: bool = False
     max_level1_words: int = Field(default=3, ge=1)
     min_overlap: float = Field(default=0.5, ge=0.0, le=1.0, description="share of level k words in level k+1")
-    embedding_min_tau: float = Field(default=1.0, ge=-1.0, le=1.0, description="root-distance order vs levels")
+    embedding_min_tau: float = Field(default=0.6, ge=-1.0, le=1.0, description="Kendall tau, root distance vs level")
     max_caption_chars: int = Field(default=2000, ge=1, description="longer captions are rejected, not prompted")
     llm_budget: int | None = Field(default=None, ge=0, description="captions sent to the LLM (seeded choice)")
     cache: bool = Field(default=True, description="content-addressed generation cache in RUN/abstract/")
 
 
 class OrderingConfig(Strict):
-    model: str = Field(default="embedded:t5-minilm-vocab", description="recipe, hub id or directory")
+    model: str = Field(default="embedded:t5-minilm-corpus-vocab", description="recipe, hub id or directory")
     revision: str | None = None
-    d_model: int = Field(default=256, ge=8, description="size of recipe-built T5 models")
-    layers: int = Field(default=3, ge=1)
+    d_model: int = Field(default=128, ge=8, description="size of recipe-built T5 models")
+    layers: int = Field(default=2, ge=1)
     heads: int = Field(default=4, ge=1)
-    d_ff: int = Field(default=1024, ge=8)
+    d_ff: int = Field(default=512, ge=8)
     epochs: int = Field(default=30, ge=1)
     max_steps: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=32, ge=1)
-    learning_rate: float = Field(default=1e-3, gt=0)
+    learning_rate: float = Field(default=2e-3, gt=0)
     warmup_fraction: float = Field(default=0.05, ge=0, lt=1)
     eval_every: int = Field(default=50, ge=1, description="steps between held-out evaluations")
+    patience: int | None = Field(
+        default=4, ge=1, description="stop after this many evaluations without a better held-out loss; the best is kept"
+    )
     heldout_fraction: float = Field(default=0.1, gt=0, lt=1)
     max_source_len: int = Field(default=64, ge=8)
     max_target_len: int = Field(default=32, ge=4)
     distill: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(default=None, ge=1, description="CPU threads for ordering/negatives (None: torch's)")
 
 
 class NegativesConfig(Strict):
@@ -99,7 +104,7 @@ class NegativesConfig(Strict):
     temperature: float = Field(default=1.0, gt=0.0)
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
     encoder: str = Field(default="embedded:minilm", description="paraphrase scorer")
-    paraphrase_threshold: float = Field(default=0.9, gt=0.0, le=1.0)
+    paraphrase_threshold: float = Field(default=0.85, gt=0.0, le=1.0, description="MiniLM cosine to p_j")
     min_level4_words: int = Field(default=5, ge=1, description="level-4 negatives are caption-like sentences")
     batch_size: int = Field(default=64, ge=1, description="prompts per generate call")
 
@@ -117,6 +122,7 @@ class FilterConfig(Strict):
     nli_max_negative_entailment: float = Field(default=0.5, ge=0.0, le=1.0, description="nli: P(caption entails n_k)")
     batch_size: int = Field(default=64, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(default=None, ge=1, description="CPU threads for scoring (None: torch's)")
 
 
 class ReleaseConfig(Strict):
@@ -137,7 +143,7 @@ class FinetuneConfig(Strict):
     encoder: str = "embedded:minilm"
     encoder_type: Literal["auto", "clip", "sentence"] = "auto"
     learning_rate: float | None = Field(
-        default=None, gt=0, description="None: the encoder type's default (CLIP 1e-7, sentence 1e-4)"
+        default=None, gt=0, description="None: the encoder type's default (CLIP 1e-7, sentence 3e-5)"
     )
     batch_size: int = Field(default=8, ge=1, description="hierarchies per step")
     epochs: int = Field(default=1, ge=1)
@@ -145,7 +151,8 @@ class FinetuneConfig(Strict):
     lambda_pull: float = 10.0
     lambda_entail: float = 1.0
     lambda_margin: float = 1.0
-    checkpoint_every: int = Field(default=50, ge=1, description="steps between checkpoints")
+    checkpoint_every: int = Field(default=1000, ge=1, description="steps between checkpoints")
+    checkpoint_minutes: float = Field(default=10.0, gt=0, description="also checkpoint after this long")
     shuffle_buffer: int = Field(default=10_000, ge=1, description="hierarchies held for the seeded shuffle")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

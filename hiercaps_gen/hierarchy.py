@@ -1,0 +1,168 @@
+"""Positive hierarchies as validated pydantic models, plus the checks other stages reuse.
+
+A hierarchy is four descriptions, generic → specific, the last being the caption. The checks are
+the cheap, explainable ones (each failure has a stable reason code that lands in the reject
+ledger); an optional embedding scorer adds the Radial-Embedding view: the distance of each level
+from the root (the embedding of "") should grow with the level.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
+
+from hiercaps_gen.schema import LEVELS
+
+# Words that carry no content for the containment check.
+STOPWORDS = frozenset(
+    "a an the of on in at to with and or for from by over under near next into onto up down is are was "
+    "were be been being it its this that these those there here some his her their our your my one two "
+    "three several many while as out off around front top side".split()
+)
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+
+
+class HierarchyInvalid(ValueError):
+    """A hierarchy failed a check; `reason` is the stable code for the reject ledger."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Checks:
+    """Thresholds of the lexical checks."""
+
+    max_level1_words: int = 3
+    min_overlap: float = 0.5
+
+
+def clean_level(text: str) -> str:
+    """Whitespace collapsed, wrapping quotes and a final period dropped: how levels are stored."""
+    text = " ".join(text.split())
+    while len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`":
+        text = text[1:-1].strip()
+    return text.rstrip(" .")
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ing", "es", "s", "ed"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3 and not word.endswith("ss"):
+            return word[: -len(suffix)]
+    return word
+
+
+def content_words(text: str) -> set[str]:
+    return {_stem(w) for w in words(text) if w not in STOPWORDS}
+
+
+def overlap(part: str, whole: str) -> float:
+    """Share of `part`'s content words found in `whole`: a lexical 'is contained in'."""
+    mine = content_words(part)
+    if not mine:
+        return 0.0
+    return len(mine & content_words(whole)) / len(mine)
+
+
+class PositiveHierarchy(BaseModel):
+    """Levels 1..4, generic → specific; validation enforces the checks (context: `Checks`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    levels: tuple[str, str, str, str]
+
+    @field_validator("levels")
+    @classmethod
+    def _non_empty_distinct(cls, levels: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not words(level) for level in levels):
+            raise HierarchyInvalid("empty_level", f"levels {list(levels)}")
+        normal = [frozenset(content_words(level)) or " ".join(words(level)) for level in levels]
+        if len(set(normal)) != len(normal):  # "a bus" and "bus" say the same thing
+            raise HierarchyInvalid("duplicate_levels", f"levels {list(levels)}")
+        return levels
+
+    @model_validator(mode="after")
+    def _shape(self, info: ValidationInfo) -> PositiveHierarchy:
+        checks: Checks = (info.context or {}).get("checks", Checks())
+        counts = [len(words(level)) for level in self.levels]
+        if counts[0] > checks.max_level1_words:
+            raise HierarchyInvalid("level1_too_long", f"level 1 has {counts[0]} words (max {checks.max_level1_words})")
+        if not counts[1] <= counts[2] < counts[3]:  # level 1 is capped instead ("motorized transport")
+            raise HierarchyInvalid("length_order", f"word counts {counts} must grow from level 2 to the caption")
+        for k in (1, 2):  # level 2 in 3, level 3 in the caption; level 1 is a category (a hypernym)
+            share = overlap(self.levels[k], self.levels[k + 1])
+            if share < checks.min_overlap:
+                raise HierarchyInvalid(
+                    "not_contained", f"level {k + 1} {self.levels[k]!r} shares {share:.2f} of its words with level {k + 2}"
+                )
+        return self
+
+    def lexical_score(self) -> float:
+        """Mean containment of levels 2 and 3 in the next level: a tie-breaker between candidates."""
+        return (overlap(self.levels[1], self.levels[2]) + overlap(self.levels[2], self.levels[3])) / 2
+
+
+def validate_hierarchy(generated: Sequence[str], caption: str, checks: Checks = Checks()) -> PositiveHierarchy:
+    """Levels 1..3 as generated plus the caption, cleaned and checked; raises HierarchyInvalid."""
+    if len(generated) != LEVELS - 1:
+        raise HierarchyInvalid("format", f"expected {LEVELS - 1} generated levels, got {len(generated)}")
+    levels = tuple(clean_level(level) for level in generated) + (caption,)
+    try:
+        return PositiveHierarchy.model_validate({"levels": levels}, context={"checks": checks})
+    except HierarchyInvalid:
+        raise
+    except ValueError as exc:  # pydantic wraps errors raised inside validators
+        cause = _invalid_cause(exc)
+        if cause is not None:
+            raise cause from None
+        raise HierarchyInvalid("format", str(exc)) from None
+
+
+def _invalid_cause(exc: BaseException) -> HierarchyInvalid | None:
+    for error in getattr(exc, "errors", lambda: [])():
+        ctx = error.get("ctx") or {}
+        if isinstance(ctx.get("error"), HierarchyInvalid):
+            return ctx["error"]
+    return None
+
+
+def kendall_tau(values: Sequence[float]) -> float:
+    """Kendall τ between `values` and their positions (1.0: strictly increasing)."""
+    n, concordant, discordant = len(values), 0, 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            concordant += values[j] > values[i]
+            discordant += values[j] < values[i]
+    pairs = n * (n - 1) / 2
+    return (concordant - discordant) / pairs if pairs else 0.0
+
+
+class EmbeddingScorer:
+    """Root-distance order of the levels under a frozen sentence encoder (MiniLM offline)."""
+
+    def __init__(self, model: str = "embedded:minilm", device: str = "auto") -> None:
+        from hiercaps_gen.embedding import get_embedder
+
+        self.embedder = get_embedder(model, device)
+        self.root = self.embedder.root()
+
+    def root_distances(self, hierarchies: Sequence[Sequence[str]]) -> np.ndarray:
+        """(n, levels) distances ‖e − r‖ of each level from the root."""
+        flat = [level for h in hierarchies for level in h]
+        if not flat:
+            return np.zeros((0, LEVELS))
+        vectors = self.embedder.encode(flat)
+        return np.linalg.norm(vectors - self.root, axis=1).reshape(len(hierarchies), -1)
+
+    def taus(self, hierarchies: Sequence[Sequence[str]]) -> list[float]:
+        return [kendall_tau(list(row)) for row in self.root_distances(hierarchies)]

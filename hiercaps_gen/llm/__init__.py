@@ -1,0 +1,1 @@
+"""LLM backends behind one interface (`base.Generator`); `factory.create_generator` picks one."""
