@@ -45,8 +45,9 @@ def source_licences(sources: list[str]) -> list[str]:
     return [f"{s}: {SOURCE_LICENCES.get(s, UNKNOWN_LICENCE)}" for s in sources]
 
 
-def generator_notes(generators: list[str]) -> list[str]:
-    return [f"`{g}`: {GENERATOR_NOTES.get(model_name(g), UNKNOWN_GENERATOR)}" for g in generators]
+def generator_notes(generators: list[str]) -> list[tuple[str, str]]:
+    """(generator id, what is known about its licence and failure modes) for each generator."""
+    return [(g, GENERATOR_NOTES.get(model_name(g), UNKNOWN_GENERATOR)) for g in generators]
 
 
 def _num(value: float | None, digits: int = 2) -> str:
@@ -61,7 +62,7 @@ def _funnel_row(step: FunnelStep) -> str:
     reasons = ", ".join(f"{k}: {v}" for k, v in sorted(step.reasons.items()))
     if step.unexplained_rejects:
         reasons = ", ".join(filter(None, [reasons, f"(no reason recorded): {step.unexplained_rejects}"]))
-    rate = f"{step.throughput:.1f}" if step.throughput else "—"
+    rate = f"{step.throughput:.3g}" if step.throughput else "—"
     return f"| {step.stage} | {step.rows_in} | {step.accepted} | {step.rejected} | {reasons or '—'} | {rate} |"
 
 
@@ -153,12 +154,14 @@ Mean words per level (1 → {LEVELS}; HierarCaps reference ≈ 1.2, 1.6, 6.3, 10
 | positive | {' | '.join(_num(v) for v in stats['positive']['words_mean'])} |
 | negative | {' | '.join(_num(v) for v in stats['negative']['words_mean'])} |
 
-Containment k → k+1 (share of rows whose level k+1 contains every word of level k):
+Containment k → k+1 (share of rows whose level k+1 contains every word of level k; a negative
+level k+1 is written as a child of positive level k, so the last row is its containment):
 
 | | {pairs} |
 |---|{'---|' * (LEVELS - 1)}
-| positive | {' | '.join(_pct(v) for v in stats['positive']['containment'])} |
-| negative | {' | '.join(_pct(v) for v in stats['negative']['containment'])} |
+| positive → positive | {' | '.join(_pct(v) for v in stats['positive']['containment'])} |
+| negative → negative | {' | '.join(_pct(v) for v in stats['negative']['containment'])} |
+| positive → negative | {' | '.join(_pct(v) for v in stats['negative_refines_positive'])} |
 
 Root distances and d_corr under an encoder, figures and sample hierarchies:
 `hiercaps-gen report --release <this directory> --out <dir>`.
@@ -186,7 +189,7 @@ e.g. with the Radial Embedding loss. Not for use as ground truth about the image
 The hierarchies are machine-written: levels can be vague, repetitive or wrong about the image, and
 negatives can be true of the image by accident.
 
-{newline.join(f'- {line}' for line in generator_notes(generators)) or '- (no generator recorded)'}
+{newline.join(f'- `{g}`: {note}' for g, note in generator_notes(generators)) or '- (no generator recorded)'}
 
 Measured on this release:
 
