@@ -162,6 +162,9 @@ def run_lineage(run_dir: Path) -> dict[str, Any]:
             "stats": manifest.get("stats", {}),
         }
         models.update(manifest.get("models", {}))
+        for key, value in manifest.get("stats", {}).items():  # e.g. abstract's generator_model
+            if key.endswith("_model") and isinstance(value, str):
+                models[f"{stage}.{key}"] = value
     return {"stages": stages, "models": models}
 
 
