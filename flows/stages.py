@@ -75,7 +75,13 @@ def abstract_flow(config: ConfigParam, run_dir: Path) -> dict[str, Any]:
 def train_ordering_flow(config: ConfigParam, run_dir: Path) -> dict[str, Any]:
     from hiercaps_gen.ordering import train_ordering
 
-    return train_ordering(resolve_config(config), run_dir)
+    config = resolve_config(config)
+    manifest = train_ordering(config, run_dir)
+    if config.ordering.distill:
+        from hiercaps_gen.distill import DistillStage
+
+        run_sharded(DistillStage(config, run_dir))
+    return manifest
 
 
 @flow(name="negatives")

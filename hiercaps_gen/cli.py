@@ -67,6 +67,10 @@ def cmd_train_ordering(args: argparse.Namespace) -> None:
                                "ordering.max_steps": args.max_steps, "ordering.distill": args.distill or None})
     manifest = train_ordering(config, Path(args.run_dir))
     print(json.dumps({k: manifest.get(k) for k in ("stage", "model_hash", "stats") if k in manifest}, indent=2))
+    if config.ordering.distill:
+        from hiercaps_gen.distill import DistillStage
+
+        print(_summary(DistillStage(config, Path(args.run_dir)).run()))
 
 
 def cmd_negatives(args: argparse.Namespace) -> None:
@@ -171,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="seq2seq model id, directory, or embedded:<name>")
     p.add_argument("--epochs", type=int, help="training epochs")
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
-    p.add_argument("--distill", action="store_true", help="also write positives for captions beyond the LLM budget")
+    p.add_argument("--distill", action="store_true", help="then write positives for captions beyond the LLM budget (specific→generic)")
 
     stage("negatives", cmd_negatives, "sample sibling negatives generic→specific with the ordering model")
 

@@ -228,7 +228,7 @@ class ShardStage(ABC):
         return {}
 
     def shards(self) -> list[dict[str, Any]]:
-        """Upstream shard entries, in order."""
+        """Upstream shard entries, in order (an entry's "stage" key, if any, names another input)."""
         return load_manifest(self.run_dir, self.input_stage)["shards"]
 
     def run_shard(self, upstream: dict[str, Any]) -> dict[str, Any]:
@@ -237,7 +237,7 @@ class ShardStage(ABC):
         done = completed_record(self.directory, name, self.fingerprint(), input_sha)
         if done is not None:
             return done
-        rows = read_stage_rows(self.run_dir, self.input_stage, shard=name)
+        rows = read_stage_rows(self.run_dir, upstream.get("stage", self.input_stage), shard=name)
         start = time.perf_counter()
         output = self.process(rows, name)
         seconds = time.perf_counter() - start

@@ -1,0 +1,172 @@
+"""negatives: for each positive level k, a sibling n_k sampled from the ordering model.
+
+n_k is drawn from the generic→specific direction conditioned on p_1..p_{k-1} ("anything" for
+k = 1), so it is a plausible child of p_{k-1}; a candidate is kept only if it is not p_k, not a
+paraphrase of it (MiniLM cosine ≥ `paraphrase_threshold`), not an ancestor (p_j, j < k, or
+"anything") and not a descendant (p_j, j > k: those are true of the image). Of a level's valid
+samples the one the model finds most likely (mean token log-probability) is kept: n_k comes from
+the model's distribution restricted to valid siblings, and fluent text wins over the word salad a
+small model also samples.
+Sampling is seeded per (seed, shard, round, batch): same seed, same negatives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from hiercaps_gen import schema
+from hiercaps_gen.embedding import get_embedder
+from hiercaps_gen.ordering import OrderingModel
+from hiercaps_gen.ordering.model import torch_threads
+from hiercaps_gen.ordering.tasks import ARROW, down_source, is_hierarchy
+from hiercaps_gen.ordering.train import STAGE as ORDERING_STAGE
+from hiercaps_gen.release_stats import column_stats
+from hiercaps_gen.stage import Reject, Resources, ShardOutput, ShardStage, load_manifest
+from hiercaps_gen.text import dedup_key, word_count
+
+LEVELS = schema.LEVELS
+DISTILL_STAGE = "distill"
+
+
+def _seed(*parts: object) -> int:
+    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16)
+
+
+def level_profile(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Words per level and level-k-in-level-k+1 containment of both sides (stage manifests)."""
+    return {side: column_stats([r[side] for r in rows]) for side in ("positive", "negative") if rows}
+
+
+class NegativesStage(ShardStage):
+    name = "negatives"
+    input_stage = "abstract"
+    config_section = "negatives"
+    output_schema = schema.NEGATIVE
+    resources = Resources(gpus=0, cpus=1, memory_gb=3.0)
+
+    def ordering_hash(self) -> str:
+        return load_manifest(self.run_dir, ORDERING_STAGE)["model_hash"]
+
+    def fingerprint(self) -> str:
+        """Includes the ordering model's hash: a retrained model redoes every shard."""
+        return hashlib.sha256(f"{super().fingerprint()}:{self.ordering_hash()}".encode()).hexdigest()[:16]
+
+    def shards(self) -> list[dict[str, Any]]:
+        """The abstract shards, plus the distilled ones when `ordering.distill` is on."""
+        entries = super().shards()
+        if self.config.ordering.distill:
+            entries += [{**e, "stage": DISTILL_STAGE} for e in load_manifest(self.run_dir, DISTILL_STAGE)["shards"]]
+        return entries
+
+    @cached_property
+    def model(self) -> OrderingModel:
+        return OrderingModel.from_run(self.run_dir, self.config.ordering.device)
+
+    def lexical_problem(self, text: str, k: int, positive: list[str]) -> str | None:
+        """Why candidate `text` cannot be n_k, judged on its words alone (None: no objection)."""
+        key = dedup_key(text)
+        if not key or ARROW.search(text) or "##" in text:  # "##": a stray word-piece continuation
+            return "malformed"
+        keys = [dedup_key(p) for p in positive]
+        if key == keys[k]:
+            return "same_as_positive"
+        if key == dedup_key(schema.ANYTHING) or key in keys[:k]:
+            return "ancestor"
+        if key in keys[k + 1 :]:
+            return "descendant"
+        if k == LEVELS - 1 and word_count(text) < self.config.negatives.min_level4_words:
+            return "not_a_sentence"
+        return None
+
+    def similarity_problem(self, k: int, sims: np.ndarray) -> str | None:
+        """Why a candidate with cosines `sims` to p_1..p_4 cannot be n_k (None: no objection)."""
+        near = sims >= self.config.negatives.paraphrase_threshold
+        if near[k]:
+            return "paraphrase"
+        if near[:k].any():
+            return "ancestor"
+        if near[k + 1 :].any():
+            return "descendant"
+        return None
+
+    def candidate_problem(self, text: str, k: int, sims: np.ndarray, positive: list[str]) -> str | None:
+        return self.lexical_problem(text, k, positive) or self.similarity_problem(k, sims)
+
+    def process(self, rows: list[dict[str, Any]], shard: str) -> ShardOutput:
+        with torch_threads(self.config.ordering.threads):
+            return self._negatives(rows, shard)
+
+    def _negatives(self, rows: list[dict[str, Any]], shard: str) -> ShardOutput:
+        cfg = self.config.negatives
+        rejects = [Reject(r, "malformed_positive", "positive is not 4 non-empty levels ending with the caption")
+                   for r in rows if not (is_hierarchy(r["positive"]) and r["positive"][-1] == r["caption"])]
+        valid = [r for r in rows if is_hierarchy(r["positive"]) and r["positive"][-1] == r["caption"]]
+        chosen: dict[tuple[int, int], str] = {}
+        problems: dict[tuple[int, int], Counter[str]] = {
+            (i, k): Counter() for i in range(len(valid)) for k in range(LEVELS)
+        }
+        queues: dict[tuple[int, int], list[str]] = {}
+        for round_ in range(cfg.rounds):
+            pending = [(i, k) for i in range(len(valid)) for k in range(LEVELS) if (i, k) not in chosen]
+            for start in range(0, len(pending), cfg.batch_size):
+                batch = pending[start : start + cfg.batch_size]
+                sources = [down_source(valid[i]["positive"][:k]) for i, k in batch]
+                samples = self.model.scored(
+                    sources, cfg.candidates, sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
+                    seed=_seed(self.config.seed, shard, round_, start),
+                )
+                for (i, k), outs in zip(batch, samples):
+                    ok = []
+                    for text, score in outs:
+                        problem = self.lexical_problem(text, k, valid[i]["positive"])
+                        if problem is None:
+                            ok.append((score, text))
+                        else:
+                            problems[(i, k)][problem] += 1
+                    queues[(i, k)] = [text for _, text in sorted(ok, key=lambda pair: -pair[0])]  # stable
+                self._pick_by_similarity(batch, valid, queues, chosen, problems)
+        accepted, model_hash = [], self.model.model_hash
+        for i, row in enumerate(valid):
+            missing = [k for k in range(LEVELS) if (i, k) not in chosen]
+            if missing:
+                detail = "; ".join(f"level {k + 1}: {dict(problems[(i, k)])}" for k in missing)
+                rejects.append(Reject(row, "no_valid_negative", detail))
+                continue
+            out = {name: row[name] for name in schema.POSITIVE.names}
+            negative = [chosen[(i, k)] for k in range(LEVELS)]
+            accepted.append({**out, "negative": negative, "ordering_model_hash": model_hash})
+        rejected_candidates: Counter[str] = sum(problems.values(), Counter())
+        stats = {"candidates_examined": float(sum(rejected_candidates.values()) + len(chosen))}
+        stats.update({f"candidates_{reason}": float(n) for reason, n in rejected_candidates.items()})
+        return ShardOutput(accepted, rejects, stats)
+
+    def _pick_by_similarity(
+        self, batch: list[tuple[int, int]], valid: list[dict[str, Any]], queues: dict[tuple[int, int], list[str]],
+        chosen: dict[tuple[int, int], str], problems: dict[tuple[int, int], Counter[str]],
+    ) -> None:
+        """Embed lexically valid candidates, most likely first, one per level at a time, until each
+        level has one that is no paraphrase: the first usually passes, so this embeds ~1 text per
+        level instead of all of them."""
+        embedder = get_embedder(self.config.negatives.encoder, self.config.ordering.device)
+        rows = sorted({i for i, _ in batch})
+        positives = embedder.encode([p for i in rows for p in valid[i]["positive"]]).reshape(len(rows), LEVELS, -1)
+        of_row = dict(zip(rows, positives))
+        todo = [key for key in batch if queues[key]]
+        while todo:
+            texts = [queues[key].pop(0) for key in todo]
+            vectors = embedder.encode(texts)
+            for (i, k), text, vector in zip(todo, texts, vectors):
+                problem = self.similarity_problem(k, of_row[i] @ vector)
+                if problem is None:
+                    chosen[(i, k)] = text
+                else:
+                    problems[(i, k)][problem] += 1
+            todo = [key for key in todo if key not in chosen and queues[key]]
+
+    def summarize(self, rows: list[dict[str, Any]], stats: dict[str, float]) -> dict[str, Any]:
+        return level_profile(rows)
