@@ -13,6 +13,7 @@ NAME     ?= hierarcaps-gen-sample
 RELEASE  := $(RELEASES)/$(NAME)/$(VERSION)
 FINETUNE ?= $(RUN)/finetune
 PYTEST_ARGS ?=
+REFERENCE ?=
 
 # The embedded default never touches a model hub; a GPU node sets HF_HUB_OFFLINE=0.
 export HF_HUB_OFFLINE ?= 1
@@ -75,7 +76,7 @@ evaluate: setup
 	$(CLI) evaluate --encoder $(FINETUNE)/encoder --test $(RELEASE) --out $(RUN)/evaluate
 
 report: setup
-	$(CLI) report --release $(RELEASE) --out reports/$(NAME)-$(VERSION)
+	$(CLI) report --release $(RELEASE) --out reports/$(NAME)-$(VERSION) $(if $(REFERENCE),--reference $(REFERENCE))
 
 flow: setup
 	$(BIN)/python -m flows.pipeline --config $(CONFIG) --run-dir $(RUN) --version $(VERSION) --out $(RELEASES)

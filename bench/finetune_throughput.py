@@ -45,25 +45,7 @@ from hiercaps_gen.re_loss import re_loss  # noqa: E402
 from hiercaps_gen.schema import RELEASE  # noqa: E402
 from hiercaps_gen.shards import write_parquet  # noqa: E402
 
-# One fixed batch of hand-written hierarchies (positive, negative), generic -> specific.
-BATCH = [
-    ("vehicle => motorcycle => a motorcycle parked outside => A red motorcycle parked outside a small garage.",
-     "animal => bicycle => a motorcycle on a race track => a motorcycle parked in a showroom next to cars ."),
-    ("animal => dog => a dog playing in a park => A brown dog catching a frisbee in a grassy park.",
-     "food => cat => a dog sleeping on a couch => a dog playing in a park with two children on a bench ."),
-    ("food => pizza => a pizza on a table => A large pepperoni pizza on a wooden table next to drinks.",
-     "furniture => salad => a pizza in an oven => a pizza on a table with a knife and a single candle ."),
-    ("furniture => bed => a bed in a bedroom => A neatly made bed with white sheets in a hotel bedroom.",
-     "building => chair => a bed in a store => a bed in a bedroom with a cat sleeping on the pillow ."),
-    ("sport => tennis => a man playing tennis => A man swinging a tennis racket on a clay court.",
-     "music => golf => a man watching tennis => a man playing tennis at night under bright lights ."),
-    ("bird => seagull => a seagull on a beach => A white seagull standing on the sand near the waves.",
-     "vehicle => pigeon => a seagull flying over a city => a seagull on a beach eating a fish from a bucket ."),
-    ("kitchen => stove => a stove with pots => A stainless steel stove with two pots boiling water.",
-     "bathroom => fridge => a stove in a store => a stove with pots in an outdoor camping kitchen ."),
-    ("train => passenger train => a train at a station => A blue passenger train waiting at a busy station.",
-     "boat => freight train => a train crossing a bridge => a train at a station covered in snow and ice ."),
-]
+from tests.test_finetune import HIERARCHIES as BATCH  # noqa: E402  (the tests' hand-written batch)
 
 
 def write_bench_release(directory: Path, rows: int) -> Path:

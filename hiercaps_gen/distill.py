@@ -27,10 +27,10 @@ from hiercaps_gen.hierarchy import Checks, EmbeddingScorer, HierarchyInvalid, va
 from hiercaps_gen.ordering import OrderingModel
 from hiercaps_gen.ordering.model import torch_threads
 from hiercaps_gen.ordering.tasks import parse_up
-from hiercaps_gen.ordering.train import STAGE as ORDERING_STAGE
+from hiercaps_gen.ordering.train import trained_model_hash
 from hiercaps_gen.shards import verify
 from hiercaps_gen.stage import (
-    Reject, Resources, ShardOutput, ShardStage, StageError, completed_record, load_manifest, stage_dir, write_shard,
+    Reject, Resources, ShardOutput, ShardStage, StageError, completed_record, stage_dir, write_shard,
 )
 
 BUDGET_REASON = "beyond_llm_budget"
@@ -46,7 +46,7 @@ class DistillStage(ShardStage):
     resources = Resources(gpus=0, cpus=1, memory_gb=2.0)
 
     def ordering_hash(self) -> str:
-        return load_manifest(self.run_dir, ORDERING_STAGE)["model_hash"]
+        return trained_model_hash(self.run_dir)
 
     def fingerprint(self) -> str:
         """Ordering settings, the model that writes, and the checks that judge (abstract's)."""

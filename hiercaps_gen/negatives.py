@@ -24,7 +24,7 @@ from hiercaps_gen.embedding import get_embedder
 from hiercaps_gen.ordering import OrderingModel
 from hiercaps_gen.ordering.model import torch_threads
 from hiercaps_gen.ordering.tasks import ARROW, down_source, is_hierarchy
-from hiercaps_gen.ordering.train import STAGE as ORDERING_STAGE
+from hiercaps_gen.ordering.train import trained_model_hash
 from hiercaps_gen.release_stats import column_stats
 from hiercaps_gen.stage import Reject, Resources, ShardOutput, ShardStage, load_manifest
 from hiercaps_gen.text import dedup_key, word_count
@@ -50,7 +50,7 @@ class NegativesStage(ShardStage):
     resources = Resources(gpus=0, cpus=1, memory_gb=3.0)
 
     def ordering_hash(self) -> str:
-        return load_manifest(self.run_dir, ORDERING_STAGE)["model_hash"]
+        return trained_model_hash(self.run_dir)
 
     def fingerprint(self) -> str:
         """Includes the ordering model's hash: a retrained model redoes every shard."""

@@ -113,7 +113,7 @@ def test_limit_sampling_and_sharding_are_deterministic(tmp_path):
     b = run_ingest(config_for(sample, "coco", limit=50, num_shards=3), tmp_path / "b")
     assert [s["output"]["sha256"] for s in a["shards"]] == [s["output"]["sha256"] for s in b["shards"]]
     assert a["totals"]["accepted"] == 50 and a["totals"]["reasons"] == {"not_sampled": 255}
-    other = run_ingest(config_for(sample, "coco", limit=50, num_shards=3).with_overrides({"seed": 1}), tmp_path / "c")
+    run_ingest(config_for(sample, "coco", limit=50, num_shards=3).with_overrides({"seed": 1}), tmp_path / "c")
     ids = lambda d: {r["id"] for r in read_stage_rows(tmp_path / d, "ingest")}  # noqa: E731
     assert ids("a") != ids("c")
 

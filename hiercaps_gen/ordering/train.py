@@ -48,6 +48,11 @@ def fingerprint(config: RunConfig, run_dir: Path) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def trained_model_hash(run_dir: Path) -> str:
+    """Hash of the run's trained ordering model: stages that use it put it in their fingerprints."""
+    return load_manifest(run_dir, STAGE)["model_hash"]
+
+
 def model_dir(run_dir: Path) -> Path:
     return stage_dir(run_dir, STAGE) / MODEL_DIR
 
