@@ -162,6 +162,10 @@ def run_lineage(run_dir: Path) -> dict[str, Any]:
             "stats": manifest.get("stats", {}),
         }
         models.update(manifest.get("models", {}))
+        if "model_hash" in manifest:  # a stage that trained a model (train-ordering)
+            models[f"{stage}.model"] = f"{manifest.get('base_model', '')}@{manifest['model_hash']}"
+        if isinstance(manifest.get("config", {}).get("encoder"), str):  # scorers (negatives, filter)
+            models[f"{stage}.encoder"] = manifest["config"]["encoder"]
         for key, value in manifest.get("stats", {}).items():  # e.g. abstract's generator_model
             if key.endswith("_model") and isinstance(value, str):
                 models[f"{stage}.{key}"] = value

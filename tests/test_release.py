@@ -124,3 +124,19 @@ def test_two_writers_of_one_version_one_wins(tmp_path):
     loser = next(r for r in results if r != "ok")
     assert "already exists" in loser or "concurrently" in loser
     verify_release(tmp_path / "hierarcaps-gen-sample/9.9.9")
+
+
+def test_lineage_names_every_model_a_run_used(tmp_path):
+    from hiercaps_gen.release import run_lineage
+    from hiercaps_gen.shards import atomic_write_json
+
+    atomic_write_json(tmp_path / "abstract/manifest.json",
+                      {"fingerprint": "a", "stats": {"generator_model": "embedded:smollm2@abc", "prompts": 3}})
+    atomic_write_json(tmp_path / "train-ordering/manifest.json",
+                      {"fingerprint": "b", "base_model": "google/flan-t5-base", "model_hash": "123"})
+    atomic_write_json(tmp_path / "filter/manifest.json", {"fingerprint": "c", "config": {"encoder": "embedded:minilm"}})
+    assert run_lineage(tmp_path)["models"] == {
+        "abstract.generator_model": "embedded:smollm2@abc",
+        "train-ordering.model": "google/flan-t5-base@123",
+        "filter.encoder": "embedded:minilm",
+    }
