@@ -1,6 +1,6 @@
 """Pipeline cost vs input size: ingest → abstract → negatives → filter at three caption counts.
 
-    python bench/scaling.py [--sizes 24 48 96] [--threads N]
+    python bench/scaling.py [--sizes 64 128 256] [--shards 2] [--threads N]
 
 The LLM, the ordering model and the scorer are loaded once and shared, so the numbers are the
 per-caption work of each stage. The ordering model is trained once, on the largest size's
@@ -39,11 +39,13 @@ def timed(fn):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[24, 48, 96])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--shards", type=int, default=2, help="hash shards (few shards keep LLM batches full)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-scaling-"))
-    base = load_config("cpu").with_overrides({"abstract.llm.threads": args.threads, "abstract.max_attempts": 1})
+    base = load_config("cpu").with_overrides({"abstract.llm.threads": args.threads, "abstract.max_attempts": 1,
+                                          "ingest.num_shards": args.shards})
     generator, load_s = timed(lambda: create_generator(base.abstract.llm))
     print(f"LLM load: {load_s:.1f} s (once)")
     sizes = sorted(args.sizes)
