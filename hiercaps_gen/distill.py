@@ -43,7 +43,11 @@ class DistillStage(ShardStage):
     input_stage = "abstract"
     config_section = "ordering"
     output_schema = schema.POSITIVE
-    resources = Resources(gpus=0, cpus=1, memory_gb=2.0)
+
+    @property
+    def resources(self) -> Resources:  # type: ignore[override]
+        """A GPU when the model runs on `cuda`: on a mixed cluster such shards go to GPU workers only."""
+        return Resources(cpus=1, memory_gb=2.0).on(self.config.ordering.device)
 
     def ordering_hash(self) -> str:
         return trained_model_hash(self.run_dir)

@@ -146,7 +146,11 @@ class FilterStage(ShardStage):
     input_stage = "negatives"
     config_section = "filter"
     output_schema = schema.FILTERED
-    resources = Resources(gpus=0, cpus=1, memory_gb=2.0)
+
+    @property
+    def resources(self) -> Resources:  # type: ignore[override]
+        """A GPU when the model runs on `cuda`: on a mixed cluster such shards go to GPU workers only."""
+        return Resources(cpus=1, memory_gb=2.0).on(self.config.filter.device)
 
     @cached_property
     def scorer(self) -> Scorer:

@@ -47,7 +47,11 @@ class NegativesStage(ShardStage):
     input_stage = "abstract"
     config_section = "negatives"
     output_schema = schema.NEGATIVE
-    resources = Resources(gpus=0, cpus=1, memory_gb=3.0)
+
+    @property
+    def resources(self) -> Resources:  # type: ignore[override]
+        """A GPU when the model runs on `cuda`: on a mixed cluster such shards go to GPU workers only."""
+        return Resources(cpus=1, memory_gb=3.0).on(self.config.ordering.device)
 
     def ordering_hash(self) -> str:
         return trained_model_hash(self.run_dir)

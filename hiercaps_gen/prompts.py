@@ -21,6 +21,11 @@ from hiercaps_gen.config import REPO_ROOT
 from hiercaps_gen.llm.base import Message
 
 PROMPTS_DIR = REPO_ROOT / "prompts"
+# Regex classes of the structured answer: every line break `str.splitlines` splits on, and those plus
+# whitespace (a level must start with a visible character, so a blank level cannot pass).
+_BREAKS = r"\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+NOT_BREAK = rf"[^{_BREAKS}]"
+VISIBLE = rf"[^{_BREAKS} \t\xa0]"
 GENERATED_LEVELS = (1, 2, 3)
 
 
@@ -49,8 +54,15 @@ class PromptTemplate:
         return "\n".join(f"Level {k}: {levels[k - 1]}" for k in self.answer_order)
 
     def answer_regex(self) -> str:
-        """Structured-output constraint for backends that enforce one (vLLM, `vllm serve`)."""
-        return "\n".join(rf"Level {k}: [^\n]{{1,120}}" for k in self.answer_order)
+        """Structured-output constraint for backends that enforce one (vLLM, `vllm serve`).
+
+        What the few-shot turns teach, as `parse_answer` reads it: an optional leading space (chat
+        templates such as Llama-2's put one before the assistant's text, so the model's first token
+        carries it), then one line per level holding a visible character first and no line break
+        of any kind `str.splitlines` knows (carriage returns too).
+        """
+        text = rf"{VISIBLE}{NOT_BREAK}{{0,119}}"
+        return " ?" + "\n".join(rf"Level {k}: {text}" for k in self.answer_order)
 
     def shared_messages(self) -> tuple[Message, ...]:
         """Everything before the caption: identical for every request."""

