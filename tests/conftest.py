@@ -7,6 +7,8 @@ import random
 import tempfile
 from pathlib import Path
 
+import pytest
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -50,3 +52,15 @@ def synthetic_rows(n: int, seed: int = 0, images: int | None = None) -> list[dic
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="prefect-home-")  # ephemeral, isolated per session
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+
+@pytest.fixture(scope="session")
+def smollm2_vllm():
+    """The real CPU vLLM engine on the embedded SmolLM2, started once per test session."""
+    from hiercaps_gen.config import LLMConfig
+    from hiercaps_gen.llm.vllm_backend import VLLMGenerator
+
+    generator = VLLMGenerator(LLMConfig(backend="vllm", device="cpu", structured_output=True, batch_size=64))
+    yield generator
+    generator.close()

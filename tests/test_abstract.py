@@ -108,3 +108,13 @@ def test_isolated_run_in_a_child_process(tmp_path, tiny):
     write_ingest(tmp_path, CAPTIONS[:2])
     manifest = run_abstract(config(tiny, max_attempts=1), tmp_path, isolate=True)
     assert manifest == load_manifest(tmp_path, "abstract") and manifest["totals"]["in"] == 2
+
+
+def test_answers_cut_off_at_max_new_tokens_are_counted_truncated(tmp_path, tiny):
+    rows = write_ingest(tmp_path, CAPTIONS[:4], shards=1)
+    manifest = AbstractStage(config(tiny, max_attempts=1), tmp_path).run()
+    ledger = rejects(tmp_path)
+    assert manifest["totals"]["in"] == len(rows) == len(ledger) + manifest["totals"]["accepted"]
+    # 8 new tokens never reach the random model's end token: every answer stopped at the limit
+    assert manifest["totals"]["reasons"] == {"truncated": len(rows)}
+    assert all(json.loads(r["detail"])[0]["reason"] == "truncated" for r in ledger)

@@ -1,9 +1,9 @@
-"""The vLLM backend without a GPU: the module imports without vLLM, and what it would hand to
-`vllm.LLM` / `SamplingParams` (prompts, sampling, structured outputs) is checked as data."""
+"""The vLLM backend as data: the module imports without vLLM, and what it hands to `vllm.LLM` /
+`SamplingParams` (engine settings, prompts, sampling, structured outputs) is checked without an
+engine. The real CPU engine is exercised in test_vllm_engine.py."""
 
 from __future__ import annotations
 
-import importlib
 import subprocess
 import sys
 
@@ -11,7 +11,7 @@ import pytest
 
 from hiercaps_gen.config import LLMConfig
 from hiercaps_gen.llm.base import GenerationRequest, Sampling, render_chat
-from hiercaps_gen.llm.vllm_backend import VLLMGenerator, engine_args, sampling_spec
+from hiercaps_gen.llm.vllm_backend import VLLMGenerator, engine_settings, sampling_spec
 from hiercaps_gen.prompts import load_prompt
 
 from .conftest import REPO
@@ -48,12 +48,37 @@ def test_sampling_spec_greedy_sampled_and_structured():
     assert not pattern.fullmatch("Level 1: animal\nLevel 2: dog\nLevel 3: a dog")  # wrong order
 
 
-def test_engine_args_turn_on_prefix_caching_and_pass_gguf_by_path():
-    hub = engine_args(LLMConfig(backend="vllm", model="meta-llama/Llama-2-7b-chat-hf", revision="abc", dtype="bfloat16"))
-    assert hub["enable_prefix_caching"] is True and hub["revision"] == "abc" and hub["dtype"] == "bfloat16"
-    assert hub["model"] == "meta-llama/Llama-2-7b-chat-hf" and "tokenizer" not in hub
-    embedded = engine_args(LLMConfig(backend="vllm", model="embedded:smollm2"))
-    assert embedded["model"].endswith(".gguf") and embedded["tokenizer"]
+def test_engine_settings_size_the_cpu_engine_and_keep_gpu_settings():
+    cpu = LLMConfig(backend="vllm", device="cpu", kv_cache_gib=2, threads=1)
+    args, env = engine_settings(cpu, "/models/x")
+    assert args["model"] == "/models/x" and args["enable_prefix_caching"] is True and args["enforce_eager"] is True
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "2" and env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    assert env["OMP_NUM_THREADS"] == "1" and "gpu_memory_utilization" not in args
+    gpu = LLMConfig(backend="vllm", model="meta-llama/Llama-2-7b-chat-hf", revision="abc", dtype="bfloat16",
+                    device="cuda", compile=True)
+    args, env = engine_settings(gpu, gpu.model)
+    assert args["revision"] == "abc" and args["dtype"] == "bfloat16" and args["gpu_memory_utilization"] == 0.85
+    assert args["enforce_eager"] is False and env == {}
+
+
+def test_answer_regex_takes_what_the_few_shot_teaches_and_nothing_parse_answer_splits():
+    import re
+
+    from hiercaps_gen.prompts import parse_answer
+
+    template = load_prompt("abstract_v1")
+    pattern = re.compile(template.answer_regex())
+    good = template.answer(("animal", "dog", "a dog on grass"))
+    assert pattern.fullmatch(good) and pattern.fullmatch(" " + good)  # Llama-2 templates put a space first
+    assert parse_answer(" " + good, template.answer_order) == ("animal", "dog", "a dog on grass")
+    for bad in (
+        good.replace("a dog on grass", "a dog\ron grass"),  # \r: splitlines would make it two lines
+        good.replace("a dog on grass", "a dog\u2028on grass"),
+        good.replace("dog\n", "   \n"),  # whitespace-only level
+        good.replace("dog\n", "\n"),  # empty level
+        "  " + good,
+    ):
+        assert not pattern.fullmatch(bad), repr(bad)
 
 
 def test_prompts_share_a_byte_identical_prefix(tmp_path):
@@ -70,10 +95,3 @@ def test_prompts_share_a_byte_identical_prefix(tmp_path):
     for prompt in prompts:
         assert prompt.startswith(shared)
         assert prompt.endswith("<|im_start|>assistant\n") and prompt.count("<|im_start|>") == len(template.shared_messages()) + 2
-
-
-def test_vllm_backend_needs_vllm_when_built():
-    if importlib.util.find_spec("vllm") is not None:
-        pytest.skip("vLLM is installed here")
-    with pytest.raises(RuntimeError, match="needs vLLM"):
-        VLLMGenerator(LLMConfig(backend="vllm"))

@@ -64,6 +64,7 @@ class Generation:
     finish_reason: str = "stop"  # "stop" | "length" | "error"
     error: str | None = None
     cached: bool = False
+    prefix_cached_tokens: int = 0  # prompt tokens the backend's prefix cache served (vLLM)
 
     @classmethod
     def failed(cls, error: str) -> Generation:

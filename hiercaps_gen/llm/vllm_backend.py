@@ -155,6 +155,7 @@ class VLLMGenerator(Generator):
             generation = Generation(
                 text=completion.text, prompt_tokens=len(output.prompt_token_ids or []),
                 completion_tokens=len(completion.token_ids), finish_reason=completion.finish_reason or "stop",
+                prefix_cached_tokens=output.num_cached_tokens or 0,
             )
             results.append(generation)
             if on_result is not None:

