@@ -52,6 +52,8 @@ def synthetic_rows(n: int, seed: int = 0, images: int | None = None) -> list[dic
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="prefect-home-")  # ephemeral, isolated per session
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# the ephemeral API server starts in 20 s on an idle machine; a busy 2-core CI box needs longer
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 
