@@ -19,6 +19,8 @@ REFERENCE ?=
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= $(HF_HUB_OFFLINE)
 export TOKENIZERS_PARALLELISM ?= false
+# Prefect's ephemeral server sends anonymous analytics unless told not to.
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 STAGE_ARGS = --config $(CONFIG) --run-dir $(RUN)
 
@@ -27,6 +29,7 @@ STAGE_ARGS = --config $(CONFIG) --run-dir $(RUN)
 help:
 	@echo "make all      run ingest → abstract → train-ordering → negatives → filter → release → export → finetune → evaluate → report"
 	@echo "make test     run the test suite"
+	@echo "make setup-gpu  set up .venv on a GPU node (vllm with its CUDA torch; see README)"
 	@echo "make <stage>  run one stage on RUN=$(RUN) with CONFIG=$(CONFIG)"
 	@echo "make flow     run the whole pipeline as one Prefect flow"
 	@echo "make bench    run the benchmarks in bench/"

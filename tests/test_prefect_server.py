@@ -75,3 +75,14 @@ def test_deployments_point_at_real_flows_with_valid_parameters():
         module = path.removesuffix(".py").replace("/", ".")
         flow = getattr(importlib.import_module(module), name)
         flow.validate_parameters(deployment["parameters"])  # raises on unknown or missing parameters
+
+
+def test_deployments_share_one_absolute_run_directory(tmp_path, monkeypatch):
+    """`prefect deploy` resolves $HIERCAPS_SHARED: every stage's worker reads and writes one run dir."""
+    from prefect.utilities.templating import apply_values
+
+    monkeypatch.setenv("HIERCAPS_SHARED", str(tmp_path))
+    spec = apply_values(yaml.safe_load((REPO / "prefect.yaml").read_text()), dict(os.environ), remove_notset=False)
+    params = [d["parameters"] for d in spec["deployments"]]
+    assert {p["run_dir"] for p in params} == {f"{tmp_path}/runs/coco-gpu"}
+    assert {p["out"] for p in params if "out" in p} == {f"{tmp_path}/releases"}
