@@ -22,6 +22,7 @@ from hiercaps_gen.abstract import AbstractStage
 from hiercaps_gen.config import LLMConfig, RunConfig
 from hiercaps_gen.llm.base import GenerationRequest, Sampling, render_chat
 from hiercaps_gen.llm.vllm_backend import ENGINE_LOG_ENV, VLLMGenerator
+from hiercaps_gen.llm_cache import LLMCache
 from hiercaps_gen.prompts import load_prompt
 from hiercaps_gen.stage import read_stage_rows
 
@@ -207,13 +208,15 @@ def test_openai_backend_against_a_real_vllm_server(tmp_path, smollm2_vllm):
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
     totals = manifest["totals"]
-    ledger = pq.read_table(tmp_path / "abstract" / "rejects" / "part-00000.parquet").to_pylist()
-    assert totals["in"] == len(rows) == totals["accepted"] + totals["rejected"]
-    assert totals["accepted"] >= 4 and "format" not in totals["reasons"], [r["detail"][:300] for r in ledger]
-    # the server runs the same engine on the same prompts as in-process vLLM: same greedy answers
+    assert totals["in"] == len(rows) == totals["accepted"] + totals["rejected"] and totals["accepted"] >= 1
+    assert "format" not in totals["reasons"]  # the server enforced the regex too
+    # the server runs the same engine on the same chat as in-process vLLM: the same greedy answers
     stage = AbstractStage(config, tmp_path)
-    local = smollm2_vllm.generate([stage.request(r, 1, 0) for r in rows])
-    served = {r["id"]: r["positive"] for r in read_stage_rows(tmp_path, "abstract")}
-    verdicts = {row["id"]: stage.judge(row["caption"], g) for row, g in zip(rows, local, strict=True)}
-    same = [i for i, levels in served.items() if list(getattr(verdicts[i], "levels", ())) == levels]
-    assert len(same) >= len(served) - 1, (len(same), len(served))
+    requests = [stage.request(r, 1, 0) for r in rows]
+    local = smollm2_vllm.generate(requests)
+    cache = LLMCache(tmp_path / "abstract" / "cache.sqlite")
+    served = cache.get_many([r.key(stage.model_id) for r in requests])
+    cache.close()
+    texts = [served[r.key(stage.model_id)].text for r in requests]
+    same = sum(a == b.text for a, b in zip(texts, local, strict=True))
+    assert same >= len(rows) - 1, list(zip(texts, [g.text for g in local], strict=True))
