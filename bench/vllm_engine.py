@@ -54,7 +54,7 @@ def main() -> None:
 
     from abstract_throughput import sample_rows
 
-    from hiercaps_gen.abstract import AbstractStage
+    from hiercaps_gen.stages.abstract import AbstractStage
     from hiercaps_gen.config import RunConfig
     from hiercaps_gen.llm.vllm_backend import VLLMGenerator
 

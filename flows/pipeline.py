@@ -31,9 +31,9 @@ def _with_runner(sub_flow, config: RunConfig, gpus: int = 0):
 @flow(name="hierarcaps-pipeline")
 def pipeline_flow(config: ConfigParam, run_dir: Path, version: str, out: Path, until: str = "release") -> str | None:
     """Run the stages in order; `until` stops after a named stage."""
-    from hiercaps_gen.abstract import AbstractStage
-    from hiercaps_gen.filter import FilterStage
-    from hiercaps_gen.negatives import NegativesStage
+    from hiercaps_gen.stages.abstract import AbstractStage
+    from hiercaps_gen.stages.filter import FilterStage
+    from hiercaps_gen.stages.negatives import NegativesStage
 
     config = resolve_config(config)
     ingest_flow(config, run_dir)

@@ -12,7 +12,7 @@ import pytest
 from hiercaps_gen.config import LLMConfig
 from hiercaps_gen.llm.base import GenerationRequest, Sampling, render_chat
 from hiercaps_gen.llm.vllm_backend import VLLMGenerator, engine_settings, sampling_spec
-from hiercaps_gen.prompts import load_prompt
+from hiercaps_gen.llm.prompts import load_prompt
 
 from .conftest import REPO
 from .test_llm_helpers import build_tiny_model
@@ -64,7 +64,7 @@ def test_engine_settings_size_the_cpu_engine_and_keep_gpu_settings():
 def test_answer_regex_takes_what_the_few_shot_teaches_and_nothing_parse_answer_splits():
     import re
 
-    from hiercaps_gen.prompts import parse_answer
+    from hiercaps_gen.llm.prompts import parse_answer
 
     template = load_prompt("abstract_v1")
     pattern = re.compile(template.answer_regex())

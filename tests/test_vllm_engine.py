@@ -18,13 +18,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from hiercaps_gen.abstract import AbstractStage
+from hiercaps_gen.stages.abstract import AbstractStage
 from hiercaps_gen.config import LLMConfig, RunConfig
 from hiercaps_gen.llm.base import GenerationRequest, Sampling, render_chat
 from hiercaps_gen.llm.vllm_backend import ENGINE_LOG_ENV, VLLMGenerator
-from hiercaps_gen.llm_cache import LLMCache
-from hiercaps_gen.prompts import load_prompt
-from hiercaps_gen.stage import read_stage_rows
+from hiercaps_gen.llm.cache import LLMCache
+from hiercaps_gen.llm.prompts import load_prompt
+from hiercaps_gen.stages.base import read_stage_rows
 
 from .conftest import REPO
 from .test_llm_helpers import build_tiny_model, free_port, sample_captions, write_ingest
@@ -129,7 +129,7 @@ def test_flow_on_a_local_dask_cluster_loads_one_engine_per_worker(tmp_path, monk
 KILLED_RUN = """
 import sys
 from pathlib import Path
-from hiercaps_gen.abstract import AbstractStage
+from hiercaps_gen.stages.abstract import AbstractStage
 from hiercaps_gen.config import RunConfig
 if __name__ == "__main__":
     AbstractStage(RunConfig.model_validate_json(Path(sys.argv[1]).read_text()), Path(sys.argv[2])).run()
