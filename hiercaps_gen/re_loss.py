@@ -83,8 +83,10 @@ def re_loss(
 ) -> RELoss:
     """λp · pull-back + λe · entailment + λm · hardest-pair for one batch of hierarchies.
 
-    pos (B, L, D) and neg (B, ≥L−1, D) come from the encoder being trained, root (D,) too; the
-    *_frozen tensors are the same texts under the frozen original encoder.
+    pos (B, L, D) and neg (B, L, D) come from the encoder being trained, root (D,) too; the
+    *_frozen tensors are the same texts under the frozen original encoder. As in the authors'
+    `batch2losses`, pull-back averages over all 2L texts (n_L included) while the angle terms use
+    n_1..n_{L−1} only.
     """
     positive, negative = hierarchy_angles(pos, neg, root)
     pull = pull_back_loss(torch.cat([pos.flatten(0, 1), neg.flatten(0, 1)]),

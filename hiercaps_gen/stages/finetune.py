@@ -43,7 +43,6 @@ from hiercaps_gen.files import atomic_write_json, read_json, sha256_file
 T = TypeVar("T")
 U = TypeVar("U")
 READ_BATCH_ROWS = 1024
-NEG_LEVELS = LEVELS - 1  # n_4 is not used by the loss, so it is not encoded
 LOG_FLUSH_STEPS = 16  # on an accelerator, losses stay there between flushes: no sync per step
 
 
@@ -124,8 +123,11 @@ def epoch_batches(files: list[Path], batch_size: int, buffer: int, seed: int, ep
 
 
 def batch_texts(batch: list[Hierarchy]) -> list[str]:
-    """All positives, then negatives 1..3, then the empty string (the root) last."""
-    return [t for h in batch for t in h.positive] + [t for h in batch for t in h.negative[:NEG_LEVELS]] + [""]
+    """All positives, then all four negatives, then the empty string (the root) last.
+
+    n_4 takes no part in the angle terms but is encoded all the same: the authors' pull-back
+    averages over all eight texts of a hierarchy pair (docs/decisions.md, "RE loss")."""
+    return [t for h in batch for t in h.positive] + [t for h in batch for t in h.negative] + [""]
 
 
 def batch_loss(encoder: TextEncoder, frozen: TextEncoder, batch: list[Hierarchy], lambdas: dict[str, float],
@@ -137,8 +139,8 @@ def batch_loss(encoder: TextEncoder, frozen: TextEncoder, batch: list[Hierarchy]
     emb = encoder.encode_tokens(tokens)
     with torch.no_grad():
         ref = frozen.encode_tokens({k: v[:-1] for k, v in tokens.items()})
-    pos, neg = emb[:n_pos].view(size, LEVELS, -1), emb[n_pos:-1].view(size, NEG_LEVELS, -1)
-    pos_ref, neg_ref = ref[:n_pos].view(size, LEVELS, -1), ref[n_pos:].view(size, NEG_LEVELS, -1)
+    pos, neg = emb[:n_pos].view(size, LEVELS, -1), emb[n_pos:-1].view(size, LEVELS, -1)
+    pos_ref, neg_ref = ref[:n_pos].view(size, LEVELS, -1), ref[n_pos:].view(size, LEVELS, -1)
     return re_loss(pos, neg, emb[-1], pos_ref, neg_ref, **lambdas)
 
 
