@@ -3,8 +3,8 @@ pydantic models, plus the checks other stages reuse.
 
 A hierarchy is four descriptions, generic → specific, the last being the caption. The checks are
 the cheap, explainable ones (each failure has a stable reason code that lands in the reject
-ledger); an optional embedding scorer adds the Radial-Embedding view: the distance of each level
-from the root (the embedding of "") should grow with the level.
+ledger); the optional embedding-order check (`encoders.EmbeddingScorer`) adds the Radial-Embedding
+view: the distance of each level from the root (the embedding of "") should grow with the level.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 
@@ -213,35 +212,3 @@ def _invalid_cause(exc: BaseException) -> HierarchyInvalid | None:
         if isinstance(ctx.get("error"), HierarchyInvalid):
             return ctx["error"]
     return None
-
-
-def kendall_tau(values: Sequence[float]) -> float:
-    """Kendall τ between `values` and their positions (1.0: strictly increasing)."""
-    n, concordant, discordant = len(values), 0, 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            concordant += values[j] > values[i]
-            discordant += values[j] < values[i]
-    pairs = n * (n - 1) / 2
-    return (concordant - discordant) / pairs if pairs else 0.0
-
-
-class EmbeddingScorer:
-    """Root-distance order of the levels under a frozen sentence encoder (MiniLM offline)."""
-
-    def __init__(self, model: str = "embedded:minilm", device: str = "auto") -> None:
-        from hiercaps_gen.encoders import get_embedder
-
-        self.embedder = get_embedder(model, device)
-        self.root = self.embedder.root()
-
-    def root_distances(self, hierarchies: Sequence[Sequence[str]]) -> np.ndarray:
-        """(n, levels) distances ‖e − r‖ of each level from the root."""
-        flat = [level for h in hierarchies for level in h]
-        if not flat:
-            return np.zeros((0, LEVELS))
-        vectors = self.embedder.encode(flat)
-        return np.linalg.norm(vectors - self.root, axis=1).reshape(len(hierarchies), -1)
-
-    def taus(self, hierarchies: Sequence[Sequence[str]]) -> list[float]:
-        return [kendall_tau(list(row)) for row in self.root_distances(hierarchies)]

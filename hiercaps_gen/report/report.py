@@ -6,7 +6,7 @@
     OUT/report.json       every number on the page, for scripts and CI
 
 Shape statistics come from `release_stats` (the dataset card uses the same functions). Root
-distances and d_corr come from `evaluate.root_distances` / `kendall_tau_levels` under an offline
+distances and d_corr come from `geometry.root_distances` / `kendall_tau` under an offline
 encoder, zero-shot, on at most `max_encoded_rows` rows per dataset (a seeded sample), so the
 report stays minutes on a CPU for any release size. With `reference`, the same statistics are
 computed for a file in the HierarCaps authors' CSV layout and shown side by side. The page is
@@ -104,7 +104,7 @@ def _nan_to_none(value: float) -> float | None:
 
 def encoder_profile(embedder: Any, dataset: Dataset, max_rows: int | None, seed: int) -> dict[str, Any]:
     """Root distance per level (positives, negatives) and d_corr over a seeded sample of rows."""
-    from hiercaps_gen.stages.evaluate import kendall_tau_levels, root_distances
+    from hiercaps_gen.geometry import kendall_tau, root_distances
 
     n = dataset.table.num_rows
     indices = sample_indices(n, max_rows, seed) if max_rows is not None and n > max_rows else list(range(n))
@@ -114,7 +114,7 @@ def encoder_profile(embedder: Any, dataset: Dataset, max_rows: int | None, seed:
     part = dataset.table.take(pa.array(indices, pa.int64()))
     pos = root_distances(embedder, chains(part, "positive"))
     neg = root_distances(embedder, chains(part, "negative"))
-    taus = kendall_tau_levels(pos)
+    taus = kendall_tau(pos)
     ordered = taus[~np.isnan(taus)]  # NaN: all four levels equally far from the root
     return {
         "rows": len(indices),

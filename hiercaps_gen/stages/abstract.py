@@ -25,8 +25,10 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from hiercaps_gen.config import RunConfig
+from hiercaps_gen.encoders import EmbeddingScorer
+from hiercaps_gen.geometry import shows_order
 from hiercaps_gen.hierarchy import (
-    LEVELS, POSITIVE, Checks, EmbeddingScorer, HierarchyInvalid, PositiveHierarchy, validate_hierarchy, words,
+    LEVELS, POSITIVE, Checks, HierarchyInvalid, PositiveHierarchy, validate_hierarchy, words,
 )
 from hiercaps_gen.llm.base import Generation, GenerationRequest, Generator, Sampling
 from hiercaps_gen.llm.cache import CachedGenerator, LLMCache
@@ -102,7 +104,7 @@ class AbstractStage(ShardStage):
     @property
     def scorer(self) -> EmbeddingScorer:
         if self._scorer is None:
-            self._scorer = EmbeddingScorer()
+            self._scorer = EmbeddingScorer(self.settings.embedding_encoder)
         return self._scorer
 
     def close(self) -> None:
@@ -252,7 +254,7 @@ class AbstractStage(ShardStage):
             valid = [i for i, v in enumerate(verdicts) if isinstance(v, PositiveHierarchy)]
             taus = self.scorer.taus([verdicts[i].levels for i in valid])  # type: ignore[union-attr]
             for i, tau in zip(valid, taus, strict=True):
-                scores[i] = None if tau < self.settings.embedding_min_tau else (scores[i] or 0.0) + tau
+                scores[i] = (scores[i] or 0.0) + tau if shows_order(tau, self.settings.embedding_min_tau) else None
         return scores
 
     # -- accounting ------------------------------------------------------------------------------

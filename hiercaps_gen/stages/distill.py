@@ -23,7 +23,9 @@ import pyarrow.parquet as pq
 
 from hiercaps_gen import hierarchy
 from hiercaps_gen.config import RunConfig
-from hiercaps_gen.hierarchy import Checks, EmbeddingScorer, HierarchyInvalid, validate_hierarchy
+from hiercaps_gen.encoders import EmbeddingScorer
+from hiercaps_gen.geometry import shows_order
+from hiercaps_gen.hierarchy import Checks, HierarchyInvalid, validate_hierarchy
 from hiercaps_gen.ordering.generate import OrderingModel
 from hiercaps_gen.ordering.model import torch_threads
 from hiercaps_gen.ordering.tasks import parse_up
@@ -51,7 +53,7 @@ class DistillStage(ShardStage):
     def fingerprint(self) -> str:
         """Ordering settings, the model that writes, and the checks that judge (abstract's)."""
         a = self.config.abstract
-        checks = f"{a.max_level1_words}:{a.min_overlap}:{a.embedding_check}:{a.embedding_min_tau}"
+        checks = f"{a.max_level1_words}:{a.min_overlap}:{a.embedding_check}:{a.embedding_min_tau}:{a.embedding_encoder}"
         payload = f"{super().fingerprint()}:{self.ordering_hash()}:{checks}"
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -101,11 +103,11 @@ class DistillStage(ShardStage):
             except HierarchyInvalid as exc:
                 rejects.append(Reject(row, exc.reason, f"{exc.detail}; output {text!r}"))
         if a.embedding_check and candidates:
-            scorer = EmbeddingScorer(self.config.filter.encoder, self.config.ordering.device)
+            scorer = EmbeddingScorer(a.embedding_encoder, self.config.ordering.device)
             taus = scorer.taus([levels for _, levels in candidates])
             kept = []
             for (row, levels), tau in zip(candidates, taus):
-                if tau < a.embedding_min_tau:
+                if not shows_order(tau, a.embedding_min_tau):
                     detail = f"root-distance tau {tau:.2f} < {a.embedding_min_tau}"
                     rejects.append(Reject(row, "embedding_order", detail))
                 else:
