@@ -91,10 +91,6 @@ def dedup_key(text: str) -> str:
     return " ".join(re.findall(r"\w+", text.casefold()))
 
 
-def word_count(text: str) -> int:
-    return len(text.split())
-
-
 # Words that carry no content for the containment check.
 STOPWORDS = frozenset(
     "a an the of on in at to with and or for from by over under near next into onto up down is are was "
@@ -130,7 +126,40 @@ def clean_level(text: str) -> str:
 
 
 def words(text: str) -> list[str]:
+    """The one tokenisation of a level or caption: letter and digit runs, lower-cased."""
     return _WORD.findall(text.lower())
+
+
+def word_count(text: str) -> int:
+    """Words of a text as every stage and statistic counts them (`words`)."""
+    return len(words(text))
+
+
+# A hierarchy as a row holds it: LEVELS non-empty strings, generic → specific; in the authors'
+# CSV layout the levels are joined by SEPARATOR.
+SEPARATOR = " => "
+
+
+def level_problem(levels: object) -> str | None:
+    """Why `levels` is not a hierarchy (a stable reason code), or None when it is one."""
+    if not isinstance(levels, (list, tuple)) or len(levels) != LEVELS:
+        return "not_4_levels"
+    if any(not isinstance(t, str) or not t.strip() for t in levels):
+        return "empty_level"
+    return None
+
+
+def is_hierarchy(levels: object) -> bool:
+    return level_problem(levels) is None
+
+
+def join_levels(levels: Sequence[str]) -> str:
+    return SEPARATOR.join(levels)
+
+
+def split_levels(text: str | None) -> list[str]:
+    """The levels of a SEPARATOR-joined text, each trimmed ([] for None or "")."""
+    return [t.strip() for t in text.split(SEPARATOR)] if text else []
 
 
 def _stem(word: str) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from hiercaps_gen.hierarchy import LEVELS, dedup_key
+from hiercaps_gen.hierarchy import LEVELS, dedup_key, word_count
 
 # Pipeline order (release.LINEAGE_STAGES; not imported: release imports the card, which imports this).
 STAGE_ORDER = ("ingest", "abstract", "train-ordering", "negatives", "filter")
@@ -39,7 +39,7 @@ def chains(table: pa.Table, column: str) -> list[list[str]]:
 
 def word_counts(hierarchies: list[list[str]]) -> list[list[int]]:
     """Words of each level: one list per level (level 1 first), one entry per hierarchy."""
-    return [[len(h[level].split()) for h in hierarchies] for level in range(LEVELS)]
+    return [[word_count(h[level]) for h in hierarchies] for level in range(LEVELS)]
 
 
 def _mean(values: list[float]) -> float | None:

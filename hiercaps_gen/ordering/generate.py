@@ -9,7 +9,8 @@ import torch
 
 from hiercaps_gen.models import pick_device
 from hiercaps_gen.ordering.model import Seq2Seq, load
-from hiercaps_gen.ordering.tasks import ARROW, SEP, up_source
+from hiercaps_gen.hierarchy import SEPARATOR
+from hiercaps_gen.ordering.tasks import ARROW, up_source
 from hiercaps_gen.stages.train_ordering import STAGE, model_dir
 from hiercaps_gen.stages.base import load_manifest
 
@@ -63,7 +64,7 @@ class OrderingModel:
         mask = generated != self.s2s.pad_id
         means = (torch.where(mask, steps, 0.0).sum(1) / mask.sum(1).clamp(min=1)).tolist()
         decoded = tok.batch_decode(out.sequences, skip_special_tokens=True, clean_up_tokenization_spaces=True)
-        pairs = [(ARROW.sub(SEP, t).strip(), m) for t, m in zip(decoded, means)]
+        pairs = [(ARROW.sub(SEPARATOR, t).strip(), m) for t, m in zip(decoded, means)]
         return [pairs[i * n : (i + 1) * n] for i in range(len(sources))]
 
     def ancestors(self, captions: list[str]) -> list[str]:

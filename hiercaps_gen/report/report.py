@@ -32,10 +32,9 @@ import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 
 from hiercaps_gen.dataset_card import generator_notes, source_licences
-from hiercaps_gen.export import LEVEL_SEPARATOR
 from hiercaps_gen.release import verify_release
 from hiercaps_gen.release_stats import FunnelStep, chains, funnel, funnel_gaps, hierarchy_stats, word_counts
-from hiercaps_gen.hierarchy import LEVELS
+from hiercaps_gen.hierarchy import LEVELS, is_hierarchy, split_levels
 from hiercaps_gen.files import atomic_write_bytes, atomic_write_json
 
 RELEASE_COLUMNS = ["id", "source", "positive", "negative", "generator_model", "filter_score", "split"]
@@ -74,10 +73,10 @@ def read_reference(path: Path) -> Dataset:
         raise ValueError(f"{path}: not in the HierarCaps CSV layout (missing columns {sorted(missing)})")
     positive, negative = [], []
     for p, n in zip(table["positive"].to_pylist(), table["negative"].to_pylist()):
-        pos, neg = (p or "").split(LEVEL_SEPARATOR), (n or "").split(LEVEL_SEPARATOR)
-        if len(pos) == LEVELS == len(neg) and all(t.strip() for t in pos + neg):
-            positive.append([t.strip() for t in pos])
-            negative.append([t.strip() for t in neg])
+        pos, neg = split_levels(p), split_levels(n)
+        if is_hierarchy(pos) and is_hierarchy(neg):
+            positive.append(pos)
+            negative.append(neg)
     levels = pa.list_(pa.string())
     kept = pa.table({"positive": pa.array(positive, levels), "negative": pa.array(negative, levels)})
     return Dataset(f"reference ({path.name})", kept, table.num_rows - kept.num_rows)

@@ -26,21 +26,14 @@ import pyarrow.parquet as pq
 from hiercaps_gen.encoders import TextEncoder, load_encoder
 from hiercaps_gen.geometry import Encodes, kendall_tau, root_distance, root_distances
 from hiercaps_gen.stages.finetune import split_files
-from hiercaps_gen.hierarchy import LEVELS
+from hiercaps_gen.hierarchy import LEVELS, is_hierarchy, split_levels
 from hiercaps_gen.files import atomic_write_bytes, atomic_write_json
-
-CSV_SEPARATOR = " => "
-
 
 @dataclass(frozen=True)
 class TestRow:
     positive: tuple[str, ...]
     negative: tuple[str, ...]
     image_url: str
-
-
-def _valid(levels: Any) -> bool:
-    return levels is not None and len(levels) == LEVELS and all(isinstance(t, str) and t.strip() for t in levels)
 
 
 def load_test_rows(path: Path, limit: int | None = None) -> tuple[list[TestRow], int]:
@@ -51,7 +44,7 @@ def load_test_rows(path: Path, limit: int | None = None) -> tuple[list[TestRow],
     if path.suffix in (".csv", ".gz"):
         table = pacsv.read_csv(path)
         records = [
-            {"positive": p.split(CSV_SEPARATOR), "negative": n.split(CSV_SEPARATOR) if n else None, "image_url": u}
+            {"positive": split_levels(p), "negative": split_levels(n) or None, "image_url": u}
             for p, n, u in zip(*(table.column(c).to_pylist() for c in ("positive", "negative", "image_url")))
         ]
     else:
@@ -59,7 +52,7 @@ def load_test_rows(path: Path, limit: int | None = None) -> tuple[list[TestRow],
                    pq.read_table(f, columns=["positive", "negative", "image_url"]).to_pylist()]
     rows, skipped = [], 0
     for record in records[:limit] if limit else records:
-        if not (_valid(record["positive"]) and _valid(record["negative"])):
+        if not (is_hierarchy(record["positive"]) and is_hierarchy(record["negative"])):
             skipped += 1
             continue
         rows.append(TestRow(tuple(record["positive"]), tuple(record["negative"]), record["image_url"] or ""))

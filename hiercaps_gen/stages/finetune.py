@@ -37,7 +37,7 @@ from hiercaps_gen.config import RunConfig
 from hiercaps_gen.encoders import TextEncoder, load_encoder
 from hiercaps_gen.models import pick_device
 from hiercaps_gen.re_loss import RELoss, re_loss
-from hiercaps_gen.hierarchy import LEVELS
+from hiercaps_gen.hierarchy import LEVELS, level_problem
 from hiercaps_gen.files import atomic_write_json, read_json, sha256_file
 
 T = TypeVar("T")
@@ -66,23 +66,14 @@ def split_files(path: Path, split: str) -> list[Path]:
     return files
 
 
-def _invalid(levels: Any) -> str | None:
-    """Why a level list cannot train (None when it can)."""
-    if levels is None or len(levels) != LEVELS:
-        return "not_4_levels"
-    if any(not isinstance(t, str) or not t.strip() for t in levels):
-        return "empty_level"
-    return None
-
-
 def iter_hierarchies(files: list[Path], skipped: Counter[str] | None = None) -> Iterator[Hierarchy]:
     """Stream valid hierarchies from Parquet files; invalid rows are counted in `skipped` by reason."""
     for file in files:
         reader = pq.ParquetFile(file)
         for batch in reader.iter_batches(batch_size=READ_BATCH_ROWS, columns=["id", "positive", "negative"]):
             for row in batch.to_pylist():
-                reason = _invalid(row["positive"]) and f"positive_{_invalid(row['positive'])}"
-                reason = reason or (_invalid(row["negative"]) and f"negative_{_invalid(row['negative'])}")
+                reason = level_problem(row["positive"]) and f"positive_{level_problem(row['positive'])}"
+                reason = reason or (level_problem(row["negative"]) and f"negative_{level_problem(row['negative'])}")
                 if reason:
                     if skipped is not None:
                         skipped[reason] += 1

@@ -23,11 +23,11 @@ from hiercaps_gen import hierarchy
 from hiercaps_gen.encoders import get_embedder
 from hiercaps_gen.ordering.generate import OrderingModel
 from hiercaps_gen.ordering.model import torch_threads
-from hiercaps_gen.ordering.tasks import ARROW, down_source, is_hierarchy
+from hiercaps_gen.ordering.tasks import ARROW, down_source
 from hiercaps_gen.stages.train_ordering import trained_model_hash
 from hiercaps_gen.release_stats import column_stats
 from hiercaps_gen.stages.base import Reject, Resources, ShardOutput, ShardStage, load_manifest
-from hiercaps_gen.hierarchy import dedup_key, word_count
+from hiercaps_gen.hierarchy import dedup_key, is_hierarchy, word_count
 
 LEVELS = hierarchy.LEVELS
 DISTILL_STAGE = "distill"

@@ -23,7 +23,8 @@ from hiercaps_gen import __version__
 from hiercaps_gen.config import RunConfig
 from hiercaps_gen.models import pick_device
 from hiercaps_gen.ordering.model import Seq2Seq, build, torch_threads
-from hiercaps_gen.ordering.tasks import Example, examples, heldout_ids, is_hierarchy
+from hiercaps_gen.hierarchy import is_hierarchy
+from hiercaps_gen.ordering.tasks import Example, examples, heldout_ids
 from hiercaps_gen.files import atomic_write_json, read_json, sha256_file
 from hiercaps_gen.stages.base import MANIFEST, load_manifest, read_stage_rows, stage_dir
 
