@@ -183,11 +183,6 @@ class RunConfig(Strict):
         """Identity of the whole run: sha256 of the canonical dump, 16 hex digits."""
         return _digest(self.canonical_json())
 
-    def stage_fingerprint(self, section: str) -> str:
-        """Identity of one stage's settings: its section plus the seed."""
-        payload = {"seed": self.seed, section: getattr(self, section).model_dump(mode="json")}
-        return _digest(json.dumps(payload, sort_keys=True, separators=(",", ":")))
-
     def with_overrides(self, overrides: dict[str, Any]) -> RunConfig:
         """A copy with dotted-key overrides applied (`{"abstract.llm.backend": "openai"}`)."""
         data = self.model_dump(mode="json")

@@ -31,10 +31,11 @@ from hiercaps_gen.dataset_card import render_card
 from hiercaps_gen.hierarchy import FILTERED, LEVELS, RELEASE
 from hiercaps_gen.files import atomic_write_bytes, atomic_write_json, read_json, verify, write_parquet
 from hiercaps_gen.stages.base import load_manifest, read_stage_rows
+from hiercaps_gen.stages.registry import NAMES
 
 SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?$")
 SPLITS = ("train", "test")
-LINEAGE_STAGES = ("ingest", "abstract", "train-ordering", "negatives", "filter")
+LINEAGE_STAGES = NAMES  # the stage registry, in pipeline order (distill included)
 
 
 class ReleaseError(RuntimeError):

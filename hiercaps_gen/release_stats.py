@@ -21,9 +21,9 @@ from typing import Any
 import pyarrow as pa
 
 from hiercaps_gen.hierarchy import LEVELS, dedup_key, word_count
+from hiercaps_gen.stages.registry import NAMES
 
-# Pipeline order (release.LINEAGE_STAGES; not imported: release imports the card, which imports this).
-STAGE_ORDER = ("ingest", "abstract", "train-ordering", "negatives", "filter")
+STAGE_ORDER = NAMES  # pipeline order, from the stage registry
 ROW_PATH = ("ingest", "abstract", "negatives", "filter", "release")  # stages rows flow through, in order
 _WORD = re.compile(r"\w+")
 

@@ -11,8 +11,20 @@ from hiercaps_gen.models import pick_device
 from hiercaps_gen.ordering.model import Seq2Seq, load
 from hiercaps_gen.hierarchy import SEPARATOR
 from hiercaps_gen.ordering.tasks import ARROW, up_source
-from hiercaps_gen.stages.train_ordering import STAGE, model_dir
-from hiercaps_gen.stages.base import load_manifest
+from hiercaps_gen.stages.base import load_manifest, stage_dir
+
+TRAIN_STAGE = "train-ordering"
+MODEL_DIR = "model"
+
+
+def model_dir(run_dir: Path) -> Path:
+    """Where train-ordering keeps the run's model."""
+    return stage_dir(run_dir, TRAIN_STAGE) / MODEL_DIR
+
+
+def trained_model_hash(run_dir: Path) -> str:
+    """Hash of the run's trained ordering model: stages that use it put it in their fingerprints."""
+    return load_manifest(run_dir, TRAIN_STAGE)["model_hash"]
 
 
 @dataclass
@@ -27,7 +39,7 @@ class OrderingModel:
 
     @classmethod
     def from_run(cls, run_dir: Path, device: str = "auto") -> OrderingModel:
-        manifest = load_manifest(run_dir, STAGE)
+        manifest = load_manifest(run_dir, TRAIN_STAGE)
         s2s = load(str(model_dir(run_dir)))
         where = pick_device(device)
         s2s.to(where).model.eval()

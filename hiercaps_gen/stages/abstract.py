@@ -37,12 +37,6 @@ from hiercaps_gen.llm.prompts import PromptError, load_prompt, parse_answer
 from hiercaps_gen.stages.base import Reject, Resources, ShardOutput, ShardStage, StageError, load_manifest, stage_dir
 
 CACHE_FILE = "cache.sqlite"
-# LLM settings that change how calls are made, not what they return: kept out of the fingerprint,
-# so pointing at another server or raising concurrency does not redo finished shards.
-OPERATIONAL = ("base_urls", "api_key_env", "concurrency", "timeout_s", "max_retries", "gpu_memory_utilization",
-               "batch_size", "prefix_cache", "threads")
-
-
 STAT_KEYS = ("captions", "prompts", "backend_prompts", "cache_hits", "prompt_tokens", "generated_tokens",
              "cached_tokens", "generate_seconds")
 
@@ -76,12 +70,9 @@ class AbstractStage(ShardStage):
         self._started = time.perf_counter()
         self.load_seconds = 0.0
 
-    def fingerprint(self) -> str:
-        section = self.settings.model_dump(mode="json")
-        for key in OPERATIONAL:
-            section["llm"].pop(key)
-        payload = {"seed": self.config.seed, "abstract": section, "prompt_hash": self.template.hash}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    def fingerprint_inputs(self) -> dict[str, Any]:
+        """The prompt file's hash and the generator's identity (a weights hash for local models)."""
+        return {"prompt_hash": self.template.hash, "generator_model": self.model_id}
 
     # -- resources -----------------------------------------------------------------------------
 

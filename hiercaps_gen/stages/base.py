@@ -31,6 +31,7 @@ from hiercaps_gen import __version__
 from hiercaps_gen.config import RunConfig
 from hiercaps_gen.hierarchy import REJECT
 from hiercaps_gen.files import FileEntry, atomic_write_json, read_json, verify, write_parquet
+from hiercaps_gen.stages.registry import SPECS, StageSpec
 
 MANIFEST = "manifest.json"
 
@@ -216,8 +217,17 @@ class ShardStage(ABC):
     def directory(self) -> Path:
         return stage_dir(self.run_dir, self.name)
 
+    @property
+    def spec(self) -> StageSpec:
+        return SPECS[self.name]
+
     def fingerprint(self) -> str:
-        return self.config.stage_fingerprint(self.config_section)
+        """The registry's recipe over this stage's config and `fingerprint_inputs`."""
+        return self.spec.fingerprint(self.config, **self.fingerprint_inputs())
+
+    def fingerprint_inputs(self) -> dict[str, Any]:
+        """Inputs other than config and the per-shard upstream checksum (model hashes, prompts)."""
+        return {}
 
     @abstractmethod
     def process(self, rows: list[dict[str, Any]], shard: str) -> ShardOutput:
