@@ -88,6 +88,11 @@ def column_stats(hierarchies: list[list[str]]) -> dict[str, Any]:
     }
 
 
+def level_profile(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Words per level and level-k-in-level-k+1 containment of both sides (stage manifests)."""
+    return {side: column_stats([r[side] for r in rows]) for side in ("positive", "negative") if rows}
+
+
 def hierarchy_stats(table: pa.Table) -> dict[str, Any]:
     """Shape statistics of a table with `positive` and `negative` list<string> columns.
 

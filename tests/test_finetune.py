@@ -26,11 +26,10 @@ from hiercaps_gen.stages.finetune import (
     load_checkpoint,
     make_optimizer,
     save_checkpoint,
-    split_files,
 )
 from hiercaps_gen.models import resolve
 from hiercaps_gen.hierarchy import RELEASE
-from hiercaps_gen.files import write_parquet
+from hiercaps_gen.files import split_files, write_parquet
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -1,6 +1,6 @@
 """Shard-parallel stages: what a stage declares, and the runner that makes it resumable.
 
-Layout of one stage under a run directory (the DESIGN.md contract):
+Layout of one stage under a run directory (the run-directory contract, docs/architecture.md):
 
     RUN/<stage>/part-00000.parquet          accepted rows
     RUN/<stage>/rejects/part-00000.parquet  rejected rows, each with its reason

@@ -25,9 +25,8 @@ import pyarrow.parquet as pq
 
 from hiercaps_gen.encoders import TextEncoder, load_encoder
 from hiercaps_gen.geometry import Encodes, kendall_tau, root_distance, root_distances
-from hiercaps_gen.stages.finetune import split_files
 from hiercaps_gen.hierarchy import LEVELS, is_hierarchy, split_levels
-from hiercaps_gen.files import atomic_write_bytes, atomic_write_json
+from hiercaps_gen.files import atomic_write_bytes, atomic_write_json, split_files
 
 @dataclass(frozen=True)
 class TestRow:

@@ -38,7 +38,7 @@ from hiercaps_gen.encoders import TextEncoder, load_encoder
 from hiercaps_gen.models import pick_device
 from hiercaps_gen.re_loss import RELoss, re_loss
 from hiercaps_gen.hierarchy import LEVELS, level_problem
-from hiercaps_gen.files import atomic_write_json, read_json, sha256_file
+from hiercaps_gen.files import atomic_write_json, read_json, sha256_file, split_files
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -55,15 +55,6 @@ class Hierarchy:
     id: str
     positive: tuple[str, ...]
     negative: tuple[str, ...]
-
-
-def split_files(path: Path, split: str) -> list[Path]:
-    """`<split>-*.parquet` of a release directory, or the file itself when given one."""
-    path = Path(path)
-    files = [path] if path.is_file() else sorted(path.glob(f"{split}-*.parquet"))
-    if not files:
-        raise FinetuneError(f"no {split}-*.parquet files in {path}")
-    return files
 
 
 def iter_hierarchies(files: list[Path], skipped: Counter[str] | None = None) -> Iterator[Hierarchy]:

@@ -24,7 +24,7 @@ from hiercaps_gen.encoders import get_embedder
 from hiercaps_gen.ordering.generate import OrderingModel, trained_model_hash
 from hiercaps_gen.ordering.model import torch_threads
 from hiercaps_gen.ordering.tasks import ARROW, down_source
-from hiercaps_gen.release_stats import column_stats
+from hiercaps_gen.release_stats import level_profile
 from hiercaps_gen.stages.base import Reject, Resources, ShardOutput, ShardStage, load_manifest
 from hiercaps_gen.hierarchy import dedup_key, is_hierarchy, word_count
 
@@ -34,11 +34,6 @@ DISTILL_STAGE = "distill"
 
 def _seed(*parts: object) -> int:
     return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16)
-
-
-def level_profile(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Words per level and level-k-in-level-k+1 containment of both sides (stage manifests)."""
-    return {side: column_stats([r[side] for r in rows]) for side in ("positive", "negative") if rows}
 
 
 class NegativesStage(ShardStage):
