@@ -18,8 +18,8 @@ import pytest
 from pydantic import ValidationError
 
 from hiercaps_gen.config import RunConfig
-from hiercaps_gen.files import atomic_write_json
 from hiercaps_gen.llm.prompts import prompt_path
+from hiercaps_gen.stages.base import FileRecord, ShardRecord, StageManifest
 from hiercaps_gen.stages.registry import NAMES, SPECS, STAGES, StageSpec, current_fingerprint
 
 
@@ -93,12 +93,23 @@ def _reads(spec: StageSpec, path: str) -> bool:
     return any(under(p) for p in spec.reads) and not any(under(p) for p in spec.ignores)
 
 
+def _manifest(stage: str, **fields: Any) -> StageManifest:
+    return StageManifest(stage=stage, fingerprint="0", code_version="0", created_at="2026-01-01T00:00:00+00:00",
+                         config={}, totals={"in": 1, "accepted": 1, "rejected": 0}, stats={}, **fields)
+
+
+def _ordering_model(run_dir: Path, model_hash: str) -> None:
+    _manifest("train-ordering", model_hash=model_hash).write(run_dir / "train-ordering")
+
+
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     """The upstream manifests fingerprints read: abstract's shard hashes, the ordering model's hash."""
-    atomic_write_json(tmp_path / "abstract" / "manifest.json",
-                      {"stage": "abstract", "shards": [{"name": "part-00000", "output": {"sha256": "ab" * 32}}]})
-    atomic_write_json(tmp_path / "train-ordering" / "manifest.json", {"stage": "train-ordering", "model_hash": "0123456789abcdef"})
+    shard = FileRecord(path="part-00000.parquet", rows=1, bytes=1, sha256="ab" * 32)
+    _manifest("abstract", shards=[ShardRecord(name="part-00000", fingerprint="0", input_sha256=None, in_rows=1,
+                                              output=shard, rejects=shard, reasons={}, stats={}, seconds=0.0)],
+              ).write(tmp_path / "abstract")
+    _ordering_model(tmp_path, "0123456789abcdef")
     return tmp_path
 
 
@@ -128,7 +139,7 @@ def test_seed_and_model_hash_are_inputs(run_dir: Path) -> None:
     before = {name: current_fingerprint(name, base, run_dir) for name in NAMES}
     reseeded = base.with_overrides({"seed": 1})
     assert all(current_fingerprint(n, reseeded, run_dir) != before[n] for n in NAMES)
-    atomic_write_json(run_dir / "train-ordering" / "manifest.json", {"model_hash": "fedcba9876543210"})
+    _ordering_model(run_dir, "fedcba9876543210")
     retrained = {n for n in NAMES if current_fingerprint(n, base, run_dir) != before[n]}
     assert retrained == {"distill", "negatives"}
 

@@ -25,7 +25,7 @@ from hiercaps_gen.ordering.model import Seq2Seq, build, torch_threads
 from hiercaps_gen.hierarchy import is_hierarchy
 from hiercaps_gen.ordering.tasks import Example, examples, heldout_ids
 from hiercaps_gen.files import atomic_write_json, read_json, sha256_file
-from hiercaps_gen.stages.base import MANIFEST, load_manifest, read_stage_rows, stage_dir
+from hiercaps_gen.stages.base import MANIFEST, StageManifest, load_manifest, read_stage_rows, stage_dir
 from hiercaps_gen.stages.registry import SPECS
 
 STAGE = TRAIN_STAGE
@@ -177,23 +177,21 @@ def _train(config: RunConfig, run_dir: Path) -> dict[str, Any]:
     atomic_write_json(directory / LOG, log)
     files = {str(p.relative_to(directory)): sha256_file(p) for p in sorted(target.iterdir()) if p.is_file()}
     files[LOG] = sha256_file(directory / LOG)
-    manifest = {
-        "stage": STAGE,
-        "fingerprint": fp,
-        "code_version": __version__,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": cfg.model_dump(mode="json"),
-        "base_model": cfg.model,
-        "model_dir": MODEL_DIR,
-        "model_hash": files[f"{MODEL_DIR}/model.safetensors"][:16],
-        "files": files,
+    return StageManifest(
+        stage=STAGE,
+        fingerprint=fp,
+        code_version=__version__,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        config=cfg.model_dump(mode="json"),
+        base_model=cfg.model,
+        model_dir=MODEL_DIR,
+        model_hash=files[f"{MODEL_DIR}/model.safetensors"][:16],
+        files=files,
         # rows read / trained on / skipped as malformed (the negatives stage rejects those with a reason)
-        "totals": {"in": counts["rows"], "accepted": counts["rows"] - counts["malformed_rows"],
-                   "rejected": counts["malformed_rows"]},
-        "stats": {**counts, "steps": step, "seconds": seconds, "device": device, "best_step": best[1],
-                  "stopped_early": stop, "heldout_loss_start": start_loss, "heldout_loss_best": best[0],
-                  "heldout_loss_last": log["heldout"][-1]["loss"],
-                  "parameters": sum(p.numel() for p in s2s.model.parameters())},
-    }
-    atomic_write_json(directory / MANIFEST, manifest)
-    return manifest
+        totals={"in": counts["rows"], "accepted": counts["rows"] - counts["malformed_rows"],
+                "rejected": counts["malformed_rows"]},
+        stats={**counts, "steps": step, "seconds": seconds, "device": device, "best_step": best[1],
+               "stopped_early": stop, "heldout_loss_start": start_loss, "heldout_loss_best": best[0],
+               "heldout_loss_last": log["heldout"][-1]["loss"],
+               "parameters": sum(p.numel() for p in s2s.model.parameters())},
+    ).write(directory)
