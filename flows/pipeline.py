@@ -22,6 +22,7 @@ from flows.stages import (
     train_ordering_flow,
 )
 from hiercaps_gen.config import RunConfig, load_config
+from hiercaps_gen.stages.registry import NAMES
 
 
 def _with_runner(sub_flow, config: RunConfig, gpus: int = 0):
@@ -30,27 +31,27 @@ def _with_runner(sub_flow, config: RunConfig, gpus: int = 0):
 
 @flow(name="hierarcaps-pipeline")
 def pipeline_flow(config: ConfigParam, run_dir: Path, version: str, out: Path, until: str = "release") -> str | None:
-    """Run the stages in order; `until` stops after a named stage."""
+    """Run the registry's stages in order; `until` stops after a named stage (distill runs
+    inside train-ordering when `ordering.distill` is on)."""
     from hiercaps_gen.stages.abstract import AbstractStage
     from hiercaps_gen.stages.filter import FilterStage
     from hiercaps_gen.stages.negatives import NegativesStage
 
     config = resolve_config(config)
-    ingest_flow(config, run_dir)
 
-    def gpus(stage_cls) -> int:
+    def gpus(stage_cls) -> int:  # a local Dask cluster for a GPU stage: one engine per GPU
         return stage_cls(config, run_dir).resources.gpus
 
-    steps = [
-        ("abstract", lambda: _with_runner(abstract_flow, config, gpus(AbstractStage))(config, run_dir)),
-        ("train-ordering", lambda: train_ordering_flow(config, run_dir)),
-        ("negatives", lambda: _with_runner(negatives_flow, config, gpus(NegativesStage))(config, run_dir)),
-        ("filter", lambda: _with_runner(filter_flow, config, gpus(FilterStage))(config, run_dir)),
-    ]
-    if until == "ingest":
-        return None
-    for name, step in steps:
-        step()
+    flows = {
+        "ingest": lambda: ingest_flow(config, run_dir),
+        "abstract": lambda: _with_runner(abstract_flow, config, gpus(AbstractStage))(config, run_dir),
+        "train-ordering": lambda: train_ordering_flow(config, run_dir),
+        "negatives": lambda: _with_runner(negatives_flow, config, gpus(NegativesStage))(config, run_dir),
+        "filter": lambda: _with_runner(filter_flow, config, gpus(FilterStage))(config, run_dir),
+    }
+    for name in NAMES:
+        if name in flows:
+            flows[name]()
         if name == until:
             return None
     return release_flow(config, run_dir, version, out)
@@ -62,7 +63,7 @@ def main() -> None:
     parser.add_argument("--run-dir", default="runs/default")
     parser.add_argument("--version", default="0.1.0")
     parser.add_argument("--out", default="releases")
-    parser.add_argument("--until", default="release", help="stop after this stage")
+    parser.add_argument("--until", default="release", choices=[*NAMES, "release"], help="stop after this stage")
     args = parser.parse_args()
     print(pipeline_flow(load_config(args.config), Path(args.run_dir), args.version, Path(args.out), args.until))
 
