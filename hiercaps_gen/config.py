@@ -93,6 +93,10 @@ class OrderingConfig(Strict):
     heldout_fraction: float = Field(default=0.1, gt=0, lt=1)
     max_source_len: int = Field(default=64, ge=8)
     max_target_len: int = Field(default=32, ge=4)
+    train_layers: int | None = Field(
+        default=None, ge=1, description="causal models: train only the top N blocks and the final norm (None: all)"
+    )
+    bf16: bool = Field(default=False, description="train under bfloat16 autocast (weights stay float32)")
     distill: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(default=None, ge=1, description="CPU threads for ordering/negatives (None: torch's)")
