@@ -32,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from hiercaps_gen.config import RunConfig  # noqa: E402
 from hiercaps_gen.encoders import load_encoder  # noqa: E402
-from hiercaps_gen.finetune import (  # noqa: E402
+from hiercaps_gen.stages.finetune import (  # noqa: E402
     batch_loss,
     batch_texts,
     epoch_batches,
@@ -42,8 +42,8 @@ from hiercaps_gen.finetune import (  # noqa: E402
     split_files,
 )
 from hiercaps_gen.re_loss import re_loss  # noqa: E402
-from hiercaps_gen.schema import RELEASE  # noqa: E402
-from hiercaps_gen.shards import write_parquet  # noqa: E402
+from hiercaps_gen.hierarchy import RELEASE  # noqa: E402
+from hiercaps_gen.files import write_parquet  # noqa: E402
 
 from tests.test_finetune import HIERARCHIES as BATCH  # noqa: E402  (the tests' hand-written batch)
 

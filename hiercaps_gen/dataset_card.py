@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 
 from hiercaps_gen.release_stats import FunnelStep, funnel, funnel_gaps, hierarchy_stats
-from hiercaps_gen.schema import LEVELS
+from hiercaps_gen.hierarchy import LEVELS
 
 SOURCE_LICENCES = {
     "coco": "MS-COCO captions © COCO Consortium, Creative Commons Attribution 4.0 (https://cocodataset.org)",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from hiercaps_gen.release import release_files
-from hiercaps_gen.shards import atomic_write_bytes
+from hiercaps_gen.files import atomic_write_bytes
 
 LEVEL_SEPARATOR = " => "
 FORMATS = ("hierarcaps-csv",)

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tqdm import tqdm
 
 from hiercaps_gen.release import SEMVER, verify_release
-from hiercaps_gen.shards import atomic_write_bytes
+from hiercaps_gen.files import atomic_write_bytes
 
 CHUNK = 1 << 20
 MAX_MANIFEST_BYTES = 16 << 20

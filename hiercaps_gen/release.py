@@ -28,9 +28,9 @@ import pyarrow.parquet as pq
 from hiercaps_gen import __version__
 from hiercaps_gen.config import RunConfig
 from hiercaps_gen.dataset_card import render_card
-from hiercaps_gen.schema import FILTERED, LEVELS, RELEASE
-from hiercaps_gen.shards import atomic_write_bytes, atomic_write_json, read_json, verify, write_parquet
-from hiercaps_gen.stage import load_manifest, read_stage_rows
+from hiercaps_gen.hierarchy import FILTERED, LEVELS, RELEASE
+from hiercaps_gen.files import atomic_write_bytes, atomic_write_json, read_json, verify, write_parquet
+from hiercaps_gen.stages.base import load_manifest, read_stage_rows
 
 SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?$")
 SPLITS = ("train", "test")

@@ -10,8 +10,8 @@ from hiercaps_gen.config import RunConfig
 from hiercaps_gen.dataset_card import render_card
 from hiercaps_gen.release import write_release
 from hiercaps_gen.release_stats import funnel, funnel_gaps, hierarchy_stats, word_counts
-from hiercaps_gen.report import read_reference, sample_indices
-from hiercaps_gen.schema import FILTERED
+from hiercaps_gen.report.report import read_reference, sample_indices
+from hiercaps_gen.hierarchy import FILTERED
 
 from .conftest import synthetic_rows
 
