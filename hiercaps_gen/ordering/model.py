@@ -158,7 +158,14 @@ def _smollm2_causal(cfg: OrderingConfig, corpus: list[str]) -> tuple[Any, Any]:
 
     source = resolve("embedded:smollm2")
     tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
+    gguf = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
+    # A GGUF-loaded model counts as quantized and refuses save_pretrained: rebuild a plain one
+    # from its config and the dequantised weights, so the fine-tuned model saves as safetensors.
+    config = gguf.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf.state_dict())
     return model, tokenizer
 
 
