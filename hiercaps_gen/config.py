@@ -125,7 +125,7 @@ class FilterConfig(Strict):
     nli_min_entailment: float = Field(default=0.5, ge=0.0, le=1.0, description="nli: P(p_k+1 entails p_k)")
     nli_max_negative_entailment: float = Field(default=0.5, ge=0.0, le=1.0, description="nli: P(caption entails n_k)")
     fluency_model: str | None = Field(default="embedded:smollm2", description="causal LM for NLL/token (None: off)")
-    fluency_from_level: int = Field(default=3, ge=1, le=4, description="judge negatives from this level on (1-2 words: NLL is noise)")
+    fluency_from_level: int = Field(default=4, ge=1, le=4, description="judge negatives from this level on (short texts: NLL is noise)")
     max_negative_nll: float = Field(default=7.5, gt=0, description="NLL/token (nats) above which a negative is salad")
     max_nll_excess: float = Field(default=2.5, gt=0, description="max NLL/token of n_k minus that of p_k")
     batch_size: int = Field(default=64, ge=1)

@@ -9,7 +9,7 @@ something, no negative repeating a positive). Then a pluggable scorer judges mea
 - "nli" (hub cross-encoder, GPU node): P(p_{k+1} entails p_k) ≥ `nli_min_entailment` for
   k = 1..3, and P(caption entails n_k) < `nli_max_negative_entailment` (a negative true of the
   image is not a negative). filter_score = min positive entailment − max negative entailment.
-Before the scorer, for either: fluency (`fluency.py`) — a negative at level ≥ `fluency_from_level`
+Before the scorer, for either: fluency (`fluency.py`) — a negative at level ≥ `fluency_from_level` (4)
 whose per-token NLL under a small causal LM (SmolLM2 offline) is above `max_negative_nll`, or more
 than `max_nll_excess` nats above its positive's at the same level, is word salad (`not_fluent`).
 Every drop is a reject with its reason and the numbers behind it.
