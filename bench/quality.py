@@ -60,12 +60,15 @@ def funnel(run_dir: Path) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/default"), help="a run with a filter stage")
     parser.add_argument("--reference", type=Path,
                         default=Path(__file__).resolve().parents[2] / "shared/data/hierarcaps_reference_sample.csv.gz")
     parser.add_argument("--rows", type=int, default=300, help="rows per side scored for fluency")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if not (args.run_dir / "filter" / "manifest.json").is_file() or not args.reference.is_file():
+        print(f"quality: skipped, needs a finished run ({args.run_dir}/filter, e.g. `make all`) and {args.reference}")
+        return
 
     released = read_stage_rows(args.run_dir, "filter")
     sample = random.Random(args.seed).sample(released, min(args.rows, len(released)))
