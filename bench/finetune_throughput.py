@@ -39,11 +39,10 @@ from hiercaps_gen.stages.finetune import (  # noqa: E402
     finetune,
     make_optimizer,
     save_checkpoint,
-    split_files,
 )
 from hiercaps_gen.re_loss import re_loss  # noqa: E402
 from hiercaps_gen.hierarchy import RELEASE  # noqa: E402
-from hiercaps_gen.files import write_parquet  # noqa: E402
+from hiercaps_gen.files import split_files, write_parquet  # noqa: E402
 
 from tests.test_finetune import HIERARCHIES as BATCH  # noqa: E402  (the tests' hand-written batch)
 

@@ -18,6 +18,7 @@ import yaml
 from hiercaps_gen import __version__
 from hiercaps_gen.config import ConfigError, RunConfig, load_config
 from hiercaps_gen.files import atomic_write_bytes
+from hiercaps_gen.stages.registry import NAMES
 
 DEFAULT_RUN_DIR = Path("runs/default")
 DEFAULT_RELEASES = Path("releases")
@@ -186,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", required=True, help="semantic version X.Y.Z")
     p.add_argument("--out", default=str(DEFAULT_RELEASES), help="releases root (default: %(default)s)")
     p.add_argument("--name", help="release name (default: from config)")
-    p.add_argument("--from-stage", default="filter", help="stage whose accepted rows are released")
+    p.add_argument("--from-stage", default="filter", choices=NAMES, help="stage whose accepted rows are released")
 
     p = sub.add_parser("pull", help="fetch a release and verify every file's sha256",
                        description="fetch a release by manifest from a path, file://, http(s):// or hf://")

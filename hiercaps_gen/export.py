@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 
 from hiercaps_gen.release import release_files
 from hiercaps_gen.files import atomic_write_bytes
+from hiercaps_gen.hierarchy import join_levels
 
-LEVEL_SEPARATOR = " => "
 FORMATS = ("hierarcaps-csv",)
 
 
@@ -23,7 +23,7 @@ def export_hierarcaps_csv(release_dir: Path, out_file: Path, split: str | None =
     rows = 0
     for path in release_files(release_dir, split):  # checksums verified first
         for row in pq.read_table(path, columns=["positive", "negative", "image_url"]).to_pylist():
-            writer.writerow([LEVEL_SEPARATOR.join(row["positive"]), LEVEL_SEPARATOR.join(row["negative"]), row["image_url"]])
+            writer.writerow([join_levels(row["positive"]), join_levels(row["negative"]), row["image_url"]])
             rows += 1
     atomic_write_bytes(Path(out_file), buffer.getvalue().encode("utf-8"))
     return rows

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tqdm import tqdm
 
 from hiercaps_gen.release import SEMVER, verify_release
-from hiercaps_gen.files import atomic_write_bytes
+from hiercaps_gen.files import atomic_write_bytes, sha256_file
 
 CHUNK = 1 << 20
 MAX_MANIFEST_BYTES = 16 << 20
@@ -157,7 +157,7 @@ def _hf_base(source: str, version: str) -> tuple[str, dict[str, str]]:
 
 def _download(fetcher: Fetcher, entry: ManifestFile, target: Path, bar: tqdm) -> None:
     """Download one file into `target`, resuming a `.part` file; verify size and sha256."""
-    if target.exists() and target.stat().st_size == entry.bytes and _sha256(target) == entry.sha256:
+    if target.exists() and target.stat().st_size == entry.bytes and sha256_file(target) == entry.sha256:
         bar.update(entry.bytes)
         return
     part = target.with_name(target.name + ".part")
@@ -190,14 +190,6 @@ def _download(fetcher: Fetcher, entry: ManifestFile, target: Path, bar: tqdm) ->
         part.unlink()
         raise PullError(f"{entry.path}: checksum mismatch (expected sha256 {entry.sha256}); file refused")
     os.replace(part, target)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def pull(

@@ -30,11 +30,12 @@ from hiercaps_gen.config import RunConfig
 from hiercaps_gen.dataset_card import render_card
 from hiercaps_gen.hierarchy import FILTERED, LEVELS, RELEASE
 from hiercaps_gen.files import atomic_write_bytes, atomic_write_json, read_json, verify, write_parquet
-from hiercaps_gen.stages.base import load_manifest, read_stage_rows
+from hiercaps_gen.stages.base import MANIFEST, load_manifest, read_stage_rows, stage_dir
+from hiercaps_gen.stages.registry import NAMES
 
 SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?$")
 SPLITS = ("train", "test")
-LINEAGE_STAGES = ("ingest", "abstract", "train-ordering", "negatives", "filter")
+LINEAGE_STAGES = NAMES  # the stage registry, in pipeline order (distill included)
 
 
 class ReleaseError(RuntimeError):
@@ -152,10 +153,9 @@ def run_lineage(run_dir: Path) -> dict[str, Any]:
     """Per-stage fingerprints, totals and model ids from a run's stage manifests."""
     stages, models = {}, {}
     for stage in LINEAGE_STAGES:
-        try:
-            manifest = load_manifest(run_dir, stage)
-        except RuntimeError:
-            continue
+        if not (stage_dir(run_dir, stage) / MANIFEST).exists():
+            continue  # a stage this run did not use (distill off); a malformed manifest is an error
+        manifest = load_manifest(run_dir, stage)
         stages[stage] = {
             "fingerprint": manifest["fingerprint"],
             "totals": manifest.get("totals", {}),
