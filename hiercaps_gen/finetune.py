@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from hiercaps_gen.config import RunConfig
 from hiercaps_gen.encoders import TextEncoder, load_encoder
 from hiercaps_gen.models import pick_device
+from hiercaps_gen.release.read import split_files
 from hiercaps_gen.re_loss import RELoss, re_loss
 from hiercaps_gen.schema import LEVELS
 from hiercaps_gen.shards import atomic_write_json, read_json, sha256_file
@@ -56,15 +57,6 @@ class Hierarchy:
     id: str
     positive: tuple[str, ...]
     negative: tuple[str, ...]
-
-
-def split_files(path: Path, split: str) -> list[Path]:
-    """`<split>-*.parquet` of a release directory, or the file itself when given one."""
-    path = Path(path)
-    files = [path] if path.is_file() else sorted(path.glob(f"{split}-*.parquet"))
-    if not files:
-        raise FinetuneError(f"no {split}-*.parquet files in {path}")
-    return files
 
 
 def _invalid(levels: Any) -> str | None:

@@ -25,7 +25,7 @@ from hiercaps_gen.ordering import OrderingModel
 from hiercaps_gen.ordering.model import torch_threads
 from hiercaps_gen.ordering.tasks import ARROW, down_source, is_hierarchy
 from hiercaps_gen.ordering.train import trained_model_hash
-from hiercaps_gen.release_stats import column_stats
+from hiercaps_gen.release.stats import column_stats
 from hiercaps_gen.stage import Reject, Resources, ShardOutput, ShardStage, load_manifest
 from hiercaps_gen.text import dedup_key, word_count
 

@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 
-from hiercaps_gen.dataset_card import generator_notes, source_licences
-from hiercaps_gen.export import LEVEL_SEPARATOR
-from hiercaps_gen.release import verify_release
-from hiercaps_gen.release_stats import FunnelStep, chains, funnel, funnel_gaps, hierarchy_stats, word_counts
+from hiercaps_gen.release.card import generator_notes, source_licences
+from hiercaps_gen.release.export import LEVEL_SEPARATOR
+from hiercaps_gen.release.manifest import ReleaseManifest
+from hiercaps_gen.release.read import read_release, verify_release
+from hiercaps_gen.release.stats import FunnelStep, chains, funnel, funnel_gaps, hierarchy_stats, word_counts
 from hiercaps_gen.schema import LEVELS
 from hiercaps_gen.shards import atomic_write_bytes, atomic_write_json
 
@@ -83,14 +83,12 @@ def read_reference(path: Path) -> Dataset:
     return Dataset(f"reference ({path.name})", kept, table.num_rows - kept.num_rows)
 
 
-def read_release_table(release_dir: Path) -> tuple[dict[str, Any], pa.Table]:
+def read_release_table(release_dir: Path) -> tuple[ReleaseManifest, pa.Table]:
     """The release manifest and its rows (all splits), every file's checksum verified first."""
     manifest = verify_release(release_dir)
-    files = [Path(release_dir) / e["path"] for e in manifest["files"] if e["path"].endswith(".parquet")]
-    tables = [pq.read_table(f, columns=RELEASE_COLUMNS) for f in files]
-    if not tables:
+    if not manifest.data_files():
         raise ValueError(f"release {release_dir} has no Parquet files")
-    return manifest, pa.concat_tables(tables)
+    return manifest, read_release(release_dir, columns=RELEASE_COLUMNS)
 
 
 def sample_indices(rows: int, k: int, seed: int) -> list[int]:
@@ -484,15 +482,15 @@ def samples_section(table: pa.Table, sample: list[int], by_filter: list[int], by
     return _section("samples", "Hierarchies: positive and negative side by side", *parts)
 
 
-def lineage_section(manifest: dict[str, Any], table: pa.Table, steps: list[FunnelStep]) -> str:
-    info = [["name", _e(manifest["name"])], ["version", _e(manifest["version"])],
-            ["created", _e(manifest.get("created_at", ""))],
-            ["config fingerprint", f"<code>{_e(manifest.get('config_fingerprint', ''))}</code>"],
-            ["code version", _e(manifest.get("code_version", ""))], ["licence", _e(manifest.get("license", ""))]]
-    info += [[f"split {_e(k)}", str(v)] for k, v in manifest.get("splits", {}).items()]
-    info.append(["prompt hashes", ", ".join(f"<code>{_e(h)}</code>" for h in manifest.get("prompt_hashes", [])) or "–"])
-    models = [[_e(role), f"<code>{_e(ident)}</code>"] for role, ident in manifest.get("models", {}).items()]
-    stage_fps = {name: entry.get("fingerprint", "") for name, entry in manifest.get("stages", {}).items()}
+def lineage_section(manifest: ReleaseManifest, table: pa.Table, steps: list[FunnelStep]) -> str:
+    info = [["name", _e(manifest.name)], ["version", _e(manifest.version)],
+            ["created", _e(manifest.created_at)],
+            ["config fingerprint", f"<code>{_e(manifest.config_fingerprint)}</code>"],
+            ["code version", _e(manifest.code_version)], ["licence", _e(manifest.license)]]
+    info += [[f"split {_e(k)}", str(v)] for k, v in manifest.splits.items()]
+    info.append(["prompt hashes", ", ".join(f"<code>{_e(h)}</code>" for h in manifest.prompt_hashes) or "–"])
+    models = [[_e(role), f"<code>{_e(ident)}</code>"] for role, ident in manifest.models.items()]
+    stage_fps = {name: entry.fingerprint for name, entry in manifest.stages.items()}
     stages = [[_e(s.stage), f"<code>{_e(stage_fps[s.stage])}</code>" if stage_fps.get(s.stage) else "–", _num(s.seconds, 1),
                "–" if s.throughput is None else f"{s.throughput:.3g}",
                ", ".join(f"{_e(k)}: <code>{_e(v)}</code>" for k, v in sorted(s.details.items())) or "–",
@@ -594,9 +592,9 @@ def build_report(
     by_filter, by_tau = worst_indices(table, tau, sample_size)
     ids = table["id"].to_pylist()
     report = {
-        "release": {"path": str(release_dir), **{k: manifest.get(k) for k in (
+        "release": {"path": str(release_dir), **manifest.model_dump(include={
             "name", "version", "created_at", "config_fingerprint", "code_version", "license", "splits", "models",
-            "prompt_hashes")}},
+            "prompt_hashes"})},
         "seed": seed,
         "encoder": encoder_id,
         "datasets": [d.label for d in datasets],

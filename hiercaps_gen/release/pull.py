@@ -1,129 +1,120 @@
 """pull: fetch a release by its manifest, verify every byte, then make it visible in one rename.
 
-Sources: a local path or `file://` URL, `http(s)://`, or `hf://datasets/<org>/<repo>[/<dir>]`
-(resolved to the Hub's HTTPS file URLs). Files download into `DEST/.partial/<name>/<version>/`
-(resumed with HTTP Range / file offsets after an interruption); a file whose size or sha256
-differs from the manifest is deleted and the pull fails; only when every file checks out is the
-directory renamed to `DEST/<name>/<version>/`. Manifest paths are plain relative names: anything
-that could leave the destination (`..`, absolute paths, backslashes, hidden names) is refused.
+Sources:
+- a local path or `file://` URL holding version folders (`releases/<name>/`): `SOURCE/<version>/`;
+- `http(s)://` the same layout served over HTTP (resumed with Range after an interruption);
+- `hf://[datasets/]<org>/<repo>`: the Hub dataset repo at the git tag `<version>` that `push`
+  created, one `hf_hub_download` per manifest file (the library's retries and resume). Repos
+  from before `push` held every version as a folder on `main`; when the tag does not exist,
+  `hf://<org>/<repo>/<dir>` pulls `<dir>/<version>/` from `main` as before.
+
+The manifest is validated (`release.manifest`: safe relative paths only) before any download.
+Each file's sha256 and size are computed while its bytes are copied, in one pass; a file that
+differs from the manifest is deleted and the pull fails. Only when every file checks out is
+`DEST/.partial/<name>/<version>/` renamed to `DEST/<name>/<version>/`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from tqdm import tqdm
 
-from hiercaps_gen.release import SEMVER, verify_release
-from hiercaps_gen.shards import atomic_write_bytes
+from hiercaps_gen.release.manifest import MAX_MANIFEST_BYTES, ManifestError, ReleaseFile, parse_manifest
+from hiercaps_gen.release.read import verify_release
+from hiercaps_gen.shards import atomic_write_bytes, sha256_file
 
-CHUNK = 1 << 20
-MAX_MANIFEST_BYTES = 16 << 20
-_SAFE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+CHUNK = 4 << 20
 
 
 class PullError(RuntimeError):
     """A release cannot be pulled: unreachable, malformed or unsafe manifest, failed checksum."""
 
 
-def safe_relative_path(path: str) -> str:
-    """Return `path` if it is a plain relative path that stays inside its directory."""
-    parts = path.split("/")
-    if not path or "\\" in path or "\x00" in path or any(not _SAFE_PART.match(p) for p in parts):
-        raise PullError(f"unsafe path in manifest: {path!r}")
-    return path
+class _RestartDownload(Exception):
+    pass
 
 
-class ManifestFile(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    path: str
-    bytes: int = Field(ge=0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-
-    @field_validator("path")
-    @classmethod
-    def _safe(cls, v: str) -> str:
-        return safe_relative_path(v)
-
-
-class PulledManifest(BaseModel):
-    """The part of a release manifest that pulling relies on, validated before any download."""
-
-    model_config = ConfigDict(extra="allow")
-    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
-    version: str = Field(pattern=SEMVER.pattern)
-    files: list[ManifestFile] = Field(min_length=1)
-
-    @field_validator("files")
-    @classmethod
-    def _unique(cls, v: list[ManifestFile]) -> list[ManifestFile]:
-        paths = [f.path for f in v]
-        if len(set(paths)) != len(paths) or "manifest.json" in paths:
-            raise ValueError("file paths must be unique and must not include manifest.json")
-        return v
-
-
-def parse_manifest(data: bytes) -> PulledManifest:
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise PullError("manifest is larger than 16 MiB")
+def _copy_verified(chunks: Iterator[bytes], part: Path, entry: ReleaseFile, offset: int, bar: tqdm) -> None:
+    """Append `chunks` to `part` (which holds `offset` bytes already), hashing as they are written;
+    rename to the final name only when size and sha256 match the manifest."""
+    digest = hashlib.sha256()
+    if offset:
+        with open(part, "rb") as fh:
+            while chunk := fh.read(CHUNK):
+                digest.update(chunk)
+    size = offset
     try:
-        return PulledManifest.model_validate(json.loads(data.decode("utf-8")))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PullError(f"manifest is not valid JSON: {exc}") from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise PullError(f"invalid manifest: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        with open(part, "ab") as fh:
+            for chunk in chunks:
+                size += len(chunk)
+                if size > entry.bytes:
+                    raise PullError(f"{entry.path}: larger than the {entry.bytes} bytes the manifest says")
+                digest.update(chunk)
+                fh.write(chunk)
+                bar.update(len(chunk))
+        if size != entry.bytes or digest.hexdigest() != entry.sha256:
+            raise PullError(f"{entry.path}: checksum mismatch (expected sha256 {entry.sha256}); file refused")
+    except PullError:  # refused bytes are never kept, not even to resume from
+        part.unlink(missing_ok=True)
+        raise
+    os.replace(part, part.with_name(part.name.removesuffix(".part")))
 
 
-class Fetcher:
-    """Reads files relative to a release version's base location."""
+def _read_chunks(path: Path, offset: int = 0) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        while chunk := fh.read(CHUNK):
+            yield chunk
 
-    def __init__(self, source: str, version: str) -> None:
-        parsed = urlparse(source)
-        self.headers: dict[str, str] = {}
-        if parsed.scheme in ("http", "https"):
-            self.base = source.rstrip("/") + f"/{version}/"
-            self.local = None
-        elif parsed.scheme == "hf":
-            self.base, self.headers = _hf_base(source, version)
-            self.local = None
-        elif parsed.scheme in ("", "file"):
-            root = Path(unquote(parsed.path) if parsed.scheme == "file" else source)
-            self.local = root / version
-            self.base = str(self.local)
-        else:
-            raise PullError(f"unsupported source scheme {parsed.scheme!r} (path, file://, http(s)://, hf://)")
-        self.client = httpx.Client(follow_redirects=True, timeout=60, headers=self.headers) if self.local is None else None
 
-    def read_small(self, name: str) -> bytes:
-        if self.local is not None:
-            path = self.local / name
-            if not path.is_file():
-                raise PullError(f"{path} not found")
-            return path.read_bytes()[: MAX_MANIFEST_BYTES + 1]
+class PathFetcher:
+    """Version folders on a local disk: `root/<version>/<file>`."""
+
+    def __init__(self, root: Path, version: str) -> None:
+        self.base = root / version
+
+    def manifest(self) -> bytes:
+        path = self.base / "manifest.json"
+        if not path.is_file():
+            raise PullError(f"{path} not found")
+        with open(path, "rb") as fh:
+            return fh.read(MAX_MANIFEST_BYTES + 1)
+
+    def fetch(self, entry: ReleaseFile, target: Path, bar: tqdm) -> None:
+        part = target.with_name(target.name + ".part")
+        part.unlink(missing_ok=True)  # a local copy is cheap to redo and cannot be resumed safely
+        _copy_verified(_read_chunks(self.base / entry.path), part, entry, 0, bar)
+
+    def finished(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class HttpFetcher:
+    """Version folders over HTTP(S): `base/<version>/<file>`, resumed with Range requests."""
+
+    def __init__(self, base: str, version: str) -> None:
+        self.base = base.rstrip("/") + f"/{version}/"
+        self.client = httpx.Client(follow_redirects=True, timeout=60)
+
+    def manifest(self) -> bytes:
         try:
-            response = self.client.get(self.base + name)
+            response = self.client.get(self.base + "manifest.json")
             response.raise_for_status()
         except httpx.HTTPError as exc:
-            raise PullError(f"cannot fetch {self.base + name}: {exc}") from None
+            raise PullError(f"cannot fetch {self.base}manifest.json: {exc}") from None
         return response.content[: MAX_MANIFEST_BYTES + 1]
 
-    def stream(self, name: str, offset: int) -> Iterator[bytes]:
-        """Yield the file's bytes from `offset` on."""
-        if self.local is not None:
-            with open(self.local / name, "rb") as fh:
-                fh.seek(offset)
-                while chunk := fh.read(CHUNK):
-                    yield chunk
-            return
+    def _stream(self, name: str, offset: int) -> Iterator[bytes]:
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         with self.client.stream("GET", self.base + name, headers=headers) as response:
             if response.status_code >= 400:
@@ -132,72 +123,105 @@ class Fetcher:
                 raise _RestartDownload
             yield from response.iter_bytes(CHUNK)
 
+    def fetch(self, entry: ReleaseFile, target: Path, bar: tqdm) -> None:
+        part = target.with_name(target.name + ".part")
+        offset = part.stat().st_size if part.exists() else 0
+        if offset > entry.bytes:
+            part.unlink()
+            offset = 0
+        bar.update(offset)
+        try:
+            _copy_verified(self._stream(entry.path, offset), part, entry, offset, bar)
+        except _RestartDownload:
+            part.unlink()
+            bar.update(-offset)
+            self.fetch(entry, target, bar)
+
+    def finished(self) -> None:
+        pass
+
     def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
+        self.client.close()
 
 
-class _RestartDownload(Exception):
-    pass
+class HubFetcher:
+    """A Hub dataset repo: the version's git tag, or (older repos) `<dir>/<version>/` on main."""
 
+    def __init__(self, source: str, version: str, partial: Path, endpoint: str | None = None) -> None:
+        parts = source.removeprefix("hf://").strip("/").split("/")
+        if parts and parts[0] == "datasets":
+            parts = parts[1:]
+        if len(parts) < 2 or not all(parts):
+            raise PullError("hf sources look like hf://<org>/<repo> (or hf://datasets/<org>/<repo>[/<dir>])")
+        self.repo_id, self.subdir = "/".join(parts[:2]), "/".join(parts[2:])
+        self.version, self.endpoint = version, endpoint
+        # hf_hub_download keeps its resume state here, so an interrupted pull continues where it stopped
+        self.downloads = partial / f".hub-{self.repo_id.replace('/', '--')}-{version}"
+        self.revision, self.prefix = version, ""
 
-def _hf_base(source: str, version: str) -> tuple[str, dict[str, str]]:
-    """`hf://datasets/org/repo[/dir]` → the Hub's resolve URL for `<dir>/<version>/`."""
-    from huggingface_hub import constants
-    from huggingface_hub.utils import build_hf_headers
+    def _download(self, name: str) -> Path:
+        from huggingface_hub import hf_hub_download
 
-    parts = source.removeprefix("hf://").strip("/").split("/")
-    if len(parts) < 3 or parts[0] != "datasets":
-        raise PullError("hf sources look like hf://datasets/<org>/<repo>[/<dir>]")
-    repo, subdir = "/".join(parts[1:3]), "/".join(parts[3:])
-    prefix = f"{subdir}/{version}/" if subdir else f"{version}/"
-    base = f"{constants.ENDPOINT}/datasets/{repo}/resolve/main/{prefix}"
-    return base, build_hf_headers()
+        return Path(hf_hub_download(self.repo_id, self.prefix + name, repo_type="dataset", revision=self.revision,
+                                    local_dir=self.downloads, endpoint=self.endpoint))
 
+    def _read_manifest(self) -> bytes:
+        with open(self._download("manifest.json"), "rb") as fh:
+            return fh.read(MAX_MANIFEST_BYTES + 1)
 
-def _download(fetcher: Fetcher, entry: ManifestFile, target: Path, bar: tqdm) -> None:
-    """Download one file into `target`, resuming a `.part` file; verify size and sha256."""
-    if target.exists() and target.stat().st_size == entry.bytes and _sha256(target) == entry.sha256:
+    def manifest(self) -> bytes:
+        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RevisionNotFoundError
+
+        unreachable = (HfHubHTTPError, LocalEntryNotFoundError)  # LocalEntryNotFound: offline or no connection
+        if not self.subdir:
+            try:
+                return self._read_manifest()
+            except RevisionNotFoundError:
+                pass  # no such tag: maybe a repo from before `push`, with version folders on main
+            except unreachable as exc:
+                raise PullError(f"cannot fetch manifest.json of hf://{self.repo_id} at tag {self.version}: {exc}") from None
+        self.revision, self.prefix = "main", (f"{self.subdir}/" if self.subdir else "") + f"{self.version}/"
+        try:
+            return self._read_manifest()
+        except (EntryNotFoundError, RevisionNotFoundError):
+            raise PullError(
+                f"hf://{self.repo_id} has no tag {self.version} and no {self.prefix}manifest.json on main. "
+                f"`hiercaps-gen push RELEASE --repo {self.repo_id}` tags each version it uploads; a repo that "
+                "holds version folders is pulled with hf://<org>/<repo>/<folder>. To convert such a repo, pull "
+                "each version from its folder and push it again."
+            ) from None
+        except unreachable as exc:
+            raise PullError(f"cannot fetch {self.prefix}manifest.json of hf://{self.repo_id}: {exc}") from None
+
+    def fetch(self, entry: ReleaseFile, target: Path, bar: tqdm) -> None:
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+        try:
+            path = self._download(entry.path)
+        except (HfHubHTTPError, LocalEntryNotFoundError) as exc:
+            raise PullError(f"cannot fetch {entry.path} from hf://{self.repo_id}@{self.revision}: {exc}") from None
+        if path.stat().st_size != entry.bytes or sha256_file(path) != entry.sha256:
+            path.unlink()  # never resumed from
+            raise PullError(f"{entry.path}: checksum mismatch (expected sha256 {entry.sha256}); file refused")
+        os.replace(path, target)  # same file system (both under DEST/.partial): a rename, not a copy
         bar.update(entry.bytes)
-        return
-    part = target.with_name(target.name + ".part")
-    offset = part.stat().st_size if part.exists() else 0
-    if offset > entry.bytes:
-        part.unlink()
-        offset = 0
-    digest = hashlib.sha256()
-    if offset:
-        with open(part, "rb") as fh:
-            while chunk := fh.read(CHUNK):
-                digest.update(chunk)
-    bar.update(offset)
-    try:
-        with open(part, "ab") as fh:
-            for chunk in fetcher.stream(entry.path, offset):
-                if fh.tell() + len(chunk) > entry.bytes:
-                    raise PullError(f"{entry.path}: larger than the {entry.bytes} bytes the manifest says")
-                fh.write(chunk)
-                digest.update(chunk)
-                bar.update(len(chunk))
-    except _RestartDownload:
-        part.unlink()
-        bar.update(-offset)
-        return _download(fetcher, entry, target, bar)
-    except PullError:
-        part.unlink(missing_ok=True)
-        raise
-    if part.stat().st_size != entry.bytes or digest.hexdigest() != entry.sha256:
-        part.unlink()
-        raise PullError(f"{entry.path}: checksum mismatch (expected sha256 {entry.sha256}); file refused")
-    os.replace(part, target)
+
+    def finished(self) -> None:
+        shutil.rmtree(self.downloads, ignore_errors=True)
+
+    def close(self) -> None:
+        pass
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+def make_fetcher(source: str, version: str, dest: Path, endpoint: str | None = None) -> PathFetcher | HttpFetcher | HubFetcher:
+    parsed = urlparse(source)
+    if parsed.scheme in ("http", "https"):
+        return HttpFetcher(source, version)
+    if parsed.scheme == "hf":
+        return HubFetcher(source, version, dest / ".partial", endpoint)
+    if parsed.scheme in ("", "file"):
+        return PathFetcher(Path(unquote(parsed.path) if parsed.scheme == "file" else source), version)
+    raise PullError(f"unsupported source scheme {parsed.scheme!r} (path, file://, http(s)://, hf://)")
 
 
 def pull(
@@ -206,17 +230,24 @@ def pull(
     dest: Path,
     manifest_sha256: str | None = None,
     progress: bool = True,
+    endpoint: str | None = None,
 ) -> Path:
-    """Pull release `version` from `source` into `dest/<name>/<version>/` and return that path."""
-    fetcher = Fetcher(source, version)
+    """Pull release `version` from `source` into `dest/<name>/<version>/` and return that path.
+
+    `endpoint` overrides the Hub endpoint for hf:// sources (default: HF_ENDPOINT or the Hub).
+    """
+    dest = Path(dest).resolve()
+    fetcher = make_fetcher(source, version, dest, endpoint)
     try:
-        raw = fetcher.read_small("manifest.json")
+        raw = fetcher.manifest()
         if manifest_sha256 and hashlib.sha256(raw).hexdigest() != manifest_sha256:
             raise PullError("manifest.json does not match --manifest-sha256; refused")
-        manifest = parse_manifest(raw)
+        try:
+            manifest = parse_manifest(raw)
+        except ManifestError as exc:
+            raise PullError(str(exc)) from None
         if manifest.version != version:
             raise PullError(f"manifest says version {manifest.version}, asked for {version}")
-        dest = Path(dest).resolve()
         final = dest / manifest.name / version
         if final.exists():
             verify_release(final)  # already pulled: only accept it if it still checks out
@@ -224,6 +255,7 @@ def pull(
         staging = dest / ".partial" / manifest.name / version
         staging.mkdir(parents=True, exist_ok=True)
         total = sum(f.bytes for f in manifest.files)
+        resumed = []
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"pull {manifest.name} {version}",
                   disable=not progress) as bar:
             for entry in manifest.files:
@@ -231,8 +263,18 @@ def pull(
                 if not target.is_relative_to(staging.resolve()):
                     raise PullError(f"unsafe path in manifest: {entry.path!r}")
                 target.parent.mkdir(parents=True, exist_ok=True)
-                _download(fetcher, entry, target, bar)
+                if target.is_file():  # completed (and checked) by an interrupted pull: check it again
+                    resumed.append(entry)
+                    bar.update(entry.bytes)
+                    continue
+                fetcher.fetch(entry, target, bar)
+        for entry in resumed:
+            path = staging / entry.path
+            if path.stat().st_size != entry.bytes or sha256_file(path) != entry.sha256:
+                path.unlink()
+                raise PullError(f"{entry.path}: checksum mismatch in a resumed pull; file removed, pull again")
         atomic_write_bytes(staging / "manifest.json", raw)
+        fetcher.finished()
         final.parent.mkdir(parents=True, exist_ok=True)
         os.rename(staging, final)
         for empty in (dest / ".partial" / manifest.name, dest / ".partial"):
