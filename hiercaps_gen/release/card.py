@@ -21,7 +21,7 @@ from hiercaps_gen.release.manifest import SPLITS, ReleaseManifest
 from hiercaps_gen.release.stats import FunnelStep, funnel, funnel_gaps, hierarchy_stats
 from hiercaps_gen.schema import LEVELS
 
-STATS_SAMPLE_ROWS = 20_000
+STATS_SAMPLE_ROWS = 5_000
 DATA_DIR = "data"
 HUB_LICENCES = {"coco": "cc-by-4.0"}  # a source whose captions carry a Hub-listed licence
 SOURCE_DATASETS = {"coco": "extended|coco", "cc": "extended|conceptual_captions"}
