@@ -25,6 +25,7 @@ STATS_SAMPLE_ROWS = 5_000
 DATA_DIR = "data"
 HUB_LICENCES = {"coco": "cc-by-4.0"}  # a source whose captions carry a Hub-listed licence
 SOURCE_DATASETS = {"coco": "extended|coco", "cc": "extended|conceptual_captions"}
+DTYPES = {"double": "float64", "float": "float32", "halffloat": "float16"}
 SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"))
 
@@ -88,11 +89,17 @@ def size_category(rows: int) -> str:
     return next((label for limit, label in SIZE_CATEGORIES if rows < limit), "n>1T")
 
 
+def _dtype(arrow_type: pa.DataType) -> str:
+    """`datasets`' dtype name of an Arrow primitive (they differ for floats: double → float64)."""
+    return DTYPES.get(str(arrow_type), str(arrow_type))
+
+
 def feature(arrow_type: pa.DataType) -> dict[str, str]:
-    """The `datasets` YAML feature of a release column type (primitives and lists of them)."""
+    """The `datasets` YAML feature of a release column type (primitives and lists of them), written
+    here rather than with `datasets.Features`, whose import alone costs seconds per release."""
     if pa.types.is_list(arrow_type):
-        return {"list": str(arrow_type.value_type)}
-    return {"dtype": str(arrow_type)}
+        return {"list": _dtype(arrow_type.value_type)}
+    return {"dtype": _dtype(arrow_type)}
 
 
 def stats_sample(table: pa.Table, seed: int) -> pa.Table:
@@ -110,6 +117,7 @@ def card_data(manifest: ReleaseManifest, table: pa.Table, split_bytes: dict[str,
     # `other` needs a license_name on the Hub; the card's "Source and licence" section spells it out
     licence = {"license": hub_licence} if hub_licence else {"license": "other", "license_name": "hierarcaps-gen-mixed"}
     total = sum(manifest.splits.values())
+    present = [split for split in SPLITS if manifest.splits.get(split)]  # an empty split has no files to point to
     files = [f for f in manifest.files if f.is_data]
     return DatasetCardData(
         **licence,
@@ -122,11 +130,11 @@ def card_data(manifest: ReleaseManifest, table: pa.Table, split_bytes: dict[str,
         source_datasets=[SOURCE_DATASETS[s] for s in sources if s in SOURCE_DATASETS] or None,
         task_categories=["text-retrieval", "zero-shot-image-classification"],
         configs=[{"config_name": "default", "data_files": [
-            {"split": split, "path": f"{DATA_DIR}/{split}-*"} for split in SPLITS]}],
+            {"split": split, "path": f"{DATA_DIR}/{split}-*"} for split in present]}],
         dataset_info={
             "features": [{"name": field.name, **feature(field.type)} for field in table.schema],
-            "splits": [{"name": split, "num_bytes": split_bytes.get(split, 0), "num_examples": manifest.splits.get(split, 0)}
-                       for split in SPLITS],
+            "splits": [{"name": split, "num_bytes": split_bytes.get(split, 0), "num_examples": manifest.splits[split]}
+                       for split in present],
             "download_size": sum(f.bytes for f in files),
             "dataset_size": sum(split_bytes.values()),
         },

@@ -78,7 +78,9 @@ def check_rows(table: pa.Table) -> None:
 
 
 def _shards(split: str, table: pa.Table, rows_per_shard: int) -> list[tuple[str, pa.Table]]:
-    count = max(1, -(-table.num_rows // rows_per_shard))
+    """`data/<split>-NNNNN-of-MMMMM.parquet` slices; none for an empty split (`datasets` cannot read
+    an empty Parquet file, and the card lists only splits that have rows)."""
+    count = -(-table.num_rows // rows_per_shard)
     return [
         (f"{DATA_DIR}/{split}-{i:05d}-of-{count:05d}.parquet", table.slice(i * rows_per_shard, rows_per_shard))
         for i in range(count)
@@ -129,7 +131,7 @@ def write_release(
             splits[split_name], split_bytes[split_name] = part.num_rows, part.nbytes
             jobs += [(split_name, file_name, shard)
                      for file_name, shard in _shards(split_name, part, config.release.rows_per_shard)]
-        with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:  # Parquet encoding frees the GIL
+        with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:  # Parquet encoding frees the GIL
             entries = list(pool.map(lambda job: write_parquet(staging / job[1], job[2], staging), jobs))
         files = [ReleaseFile(**entry.to_dict(), split=job[0]) for job, entry in zip(jobs, entries)]
         lineage = lineage or {}
