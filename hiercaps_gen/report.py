@@ -5,7 +5,7 @@
                           root distance, Kendall τ)
     OUT/report.json       every number on the page, for scripts and CI
 
-Shape statistics come from `release_stats` (the dataset card uses the same functions). Root
+Shape statistics come from `release.stats` (the dataset card uses the same functions). Root
 distances and d_corr come from `evaluate.root_distances` / `kendall_tau_levels` under an offline
 encoder, zero-shot, on at most `max_encoded_rows` rows per dataset (a seeded sample), so the
 report stays minutes on a CPU for any release size. With `reference`, the same statistics are

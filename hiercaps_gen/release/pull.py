@@ -185,7 +185,12 @@ class HubFetcher:
             return fh.read(MAX_MANIFEST_BYTES + 1)
 
     def manifest(self) -> bytes:
-        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RevisionNotFoundError
+        from huggingface_hub.errors import (
+            HfHubHTTPError,
+            LocalEntryNotFoundError,
+            RemoteEntryNotFoundError,
+            RevisionNotFoundError,
+        )
 
         unreachable = (HfHubHTTPError, LocalEntryNotFoundError)  # LocalEntryNotFound: offline or no connection
         if not self.subdir:
@@ -198,7 +203,7 @@ class HubFetcher:
         self.revision, self.prefix = "main", (f"{self.subdir}/" if self.subdir else "") + f"{self.version}/"
         try:
             return self._read_manifest()
-        except (EntryNotFoundError, RevisionNotFoundError):
+        except (RemoteEntryNotFoundError, RevisionNotFoundError):
             raise PullError(
                 f"hf://{self.repo_id} has no tag {self.version} and no {self.prefix}manifest.json on main. "
                 f"`hiercaps-gen push RELEASE --repo {self.repo_id}` tags each version it uploads; a repo that "
