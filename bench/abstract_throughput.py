@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from hiercaps_gen.abstract import AbstractStage  # noqa: E402
+from hiercaps_gen.stages.abstract import AbstractStage  # noqa: E402
 from hiercaps_gen.config import RunConfig  # noqa: E402
 from hiercaps_gen.llm.base import Generation  # noqa: E402
 from hiercaps_gen.llm.transformers_backend import TransformersGenerator  # noqa: E402

@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from hiercaps_gen.config import RunConfig  # noqa: E402
 from hiercaps_gen.encoders import load_encoder  # noqa: E402
-from hiercaps_gen.finetune import (  # noqa: E402
+from hiercaps_gen.stages.finetune import (  # noqa: E402
     batch_loss,
     batch_texts,
     epoch_batches,

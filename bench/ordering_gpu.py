@@ -16,14 +16,15 @@ from pathlib import Path
 
 import torch
 
-from hiercaps_gen import schema
+from hiercaps_gen import hierarchy
 from hiercaps_gen.config import FilterConfig, RunConfig
-from hiercaps_gen.distill import DistillStage
-from hiercaps_gen.filter import NLIScorer
+from hiercaps_gen.stages.distill import DistillStage
+from hiercaps_gen.stages.filter import NLIScorer
 from hiercaps_gen.models import resolve
-from hiercaps_gen.ordering import OrderingModel, train_ordering
+from hiercaps_gen.ordering.generate import OrderingModel
+from hiercaps_gen.stages.train_ordering import train_ordering
 from hiercaps_gen.ordering.tasks import down_source
-from hiercaps_gen.stage import Reject, ShardOutput, shard_name, stage_dir, write_shard, write_stage_manifest
+from hiercaps_gen.stages.base import Reject, ShardOutput, shard_name, stage_dir, write_shard, write_stage_manifest
 from tests.test_ordering_data import hierarchy_rows, write_abstract
 
 SIZES = {
@@ -49,12 +50,12 @@ def distill_check(config: RunConfig, run_dir: Path) -> None:
     """Rewrite the abstract stage with over-budget captions and distil them on the GPU."""
     rows = hierarchy_rows()
     directory = stage_dir(run_dir, "abstract")
-    kept, over = rows[:100], [{k: r[k] for k in schema.CAPTION.names} for r in rows[100:]]
+    kept, over = rows[:100], [{k: r[k] for k in hierarchy.CAPTION.names} for r in rows[100:]]
     records = []
     for i in range(2):
         part, rest = kept[i::2], over[i::2]
         output = ShardOutput(part, [Reject(r, "beyond_llm_budget", "llm_budget=100") for r in rest])
-        records.append(write_shard(directory, "abstract", shard_name(i), schema.POSITIVE, output,
+        records.append(write_shard(directory, "abstract", shard_name(i), hierarchy.POSITIVE, output,
                                    len(part) + len(rest), "gpu-check", None, 0.0))
     write_stage_manifest(directory, "abstract", "gpu-check", {}, records)
     start = time.perf_counter()

@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 
 from hiercaps_gen.config import RunConfig
-from hiercaps_gen.ordering import OrderingModel, train_ordering
+from hiercaps_gen.ordering.generate import OrderingModel
+from hiercaps_gen.stages.train_ordering import train_ordering
 from hiercaps_gen.ordering.model import build, load
 from hiercaps_gen.ordering.tasks import down_source, examples, heldout_ids, parse_up
-from hiercaps_gen.ordering.train import _encode, model_dir
-from hiercaps_gen.text import dedup_key
+from hiercaps_gen.stages.train_ordering import _encode, model_dir
+from hiercaps_gen.hierarchy import dedup_key
 from tests.test_ordering_data import hierarchy_rows, write_abstract
 
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 from hiercaps_gen.config import RunConfig  # noqa: E402
 from hiercaps_gen.release.pull import pull  # noqa: E402
 from hiercaps_gen.release import read_release, write_release  # noqa: E402
-from hiercaps_gen.schema import FILTERED  # noqa: E402
+from hiercaps_gen.hierarchy import FILTERED  # noqa: E402
 
 
 def synthetic_table(n: int) -> pa.Table:

@@ -22,13 +22,13 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from hiercaps_gen.abstract import AbstractStage  # noqa: E402
+from hiercaps_gen.stages.abstract import AbstractStage  # noqa: E402
 from hiercaps_gen.config import load_config  # noqa: E402
-from hiercaps_gen.filter import FilterStage  # noqa: E402
-from hiercaps_gen.ingest import run_ingest  # noqa: E402
+from hiercaps_gen.stages.filter import FilterStage  # noqa: E402
+from hiercaps_gen.stages.ingest import run_ingest  # noqa: E402
 from hiercaps_gen.llm.factory import create_generator  # noqa: E402
-from hiercaps_gen.negatives import NegativesStage  # noqa: E402
-from hiercaps_gen.ordering import train_ordering  # noqa: E402
+from hiercaps_gen.stages.negatives import NegativesStage  # noqa: E402
+from hiercaps_gen.stages.train_ordering import train_ordering  # noqa: E402
 
 
 def timed(fn):

@@ -14,7 +14,7 @@ from prefect import flow, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from hiercaps_gen.config import RunConfig, load_config
-from hiercaps_gen.stage import ShardStage
+from hiercaps_gen.stages.base import ShardStage
 
 ConfigParam = RunConfig | str  # deployments pass a profile name or YAML path
 
@@ -59,26 +59,26 @@ def run_sharded(stage: ShardStage) -> dict[str, Any]:
 
 @flow(name="ingest")
 def ingest_flow(config: ConfigParam, run_dir: Path) -> dict[str, Any]:
-    from hiercaps_gen.ingest import run_ingest
+    from hiercaps_gen.stages.ingest import run_ingest
 
     return run_ingest(resolve_config(config), run_dir)
 
 
 @flow(name="abstract")
 def abstract_flow(config: ConfigParam, run_dir: Path) -> dict[str, Any]:
-    from hiercaps_gen.abstract import AbstractStage
+    from hiercaps_gen.stages.abstract import AbstractStage
 
     return run_sharded(AbstractStage(resolve_config(config), run_dir))
 
 
 @flow(name="train-ordering")
 def train_ordering_flow(config: ConfigParam, run_dir: Path) -> dict[str, Any]:
-    from hiercaps_gen.ordering import train_ordering
+    from hiercaps_gen.stages.train_ordering import train_ordering
 
     config = resolve_config(config)
     manifest = train_ordering(config, run_dir)
     if config.ordering.distill:
-        from hiercaps_gen.distill import DistillStage
+        from hiercaps_gen.stages.distill import DistillStage
 
         run_sharded(DistillStage(config, run_dir))
     return manifest
@@ -86,14 +86,14 @@ def train_ordering_flow(config: ConfigParam, run_dir: Path) -> dict[str, Any]:
 
 @flow(name="negatives")
 def negatives_flow(config: ConfigParam, run_dir: Path) -> dict[str, Any]:
-    from hiercaps_gen.negatives import NegativesStage
+    from hiercaps_gen.stages.negatives import NegativesStage
 
     return run_sharded(NegativesStage(resolve_config(config), run_dir))
 
 
 @flow(name="filter")
 def filter_flow(config: ConfigParam, run_dir: Path) -> dict[str, Any]:
-    from hiercaps_gen.filter import FilterStage
+    from hiercaps_gen.stages.filter import FilterStage
 
     return run_sharded(FilterStage(resolve_config(config), run_dir))
 

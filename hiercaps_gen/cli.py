@@ -17,7 +17,7 @@ import yaml
 
 from hiercaps_gen import __version__
 from hiercaps_gen.config import ConfigError, RunConfig, load_config
-from hiercaps_gen.shards import atomic_write_bytes
+from hiercaps_gen.files import atomic_write_bytes
 
 DEFAULT_RUN_DIR = Path("runs/default")
 DEFAULT_RELEASES = Path("releases")
@@ -41,7 +41,7 @@ def _summary(manifest: dict[str, Any]) -> str:
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
-    from hiercaps_gen.ingest import run_ingest
+    from hiercaps_gen.stages.ingest import run_ingest
 
     config = run_config(args, {"ingest.source": args.source, "ingest.input": args.input,
                                "ingest.limit": args.limit, "ingest.num_shards": args.num_shards})
@@ -49,7 +49,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
 
 def cmd_abstract(args: argparse.Namespace) -> None:
-    from hiercaps_gen.abstract import run_abstract
+    from hiercaps_gen.stages.abstract import run_abstract
 
     config = run_config(args, {"abstract.llm.backend": args.backend, "abstract.llm.model": args.model,
                                "abstract.llm.base_urls": args.base_url or None,
@@ -61,27 +61,27 @@ def cmd_abstract(args: argparse.Namespace) -> None:
 
 
 def cmd_train_ordering(args: argparse.Namespace) -> None:
-    from hiercaps_gen.ordering import train_ordering
+    from hiercaps_gen.stages.train_ordering import train_ordering
 
     config = run_config(args, {"ordering.model": args.model, "ordering.epochs": args.epochs,
                                "ordering.max_steps": args.max_steps, "ordering.distill": args.distill or None})
     manifest = train_ordering(config, Path(args.run_dir))
     print(json.dumps({k: manifest.get(k) for k in ("stage", "model_hash", "stats") if k in manifest}, indent=2))
     if config.ordering.distill:
-        from hiercaps_gen.distill import DistillStage
+        from hiercaps_gen.stages.distill import DistillStage
 
         print(_summary(DistillStage(config, Path(args.run_dir)).run()))
 
 
 def cmd_negatives(args: argparse.Namespace) -> None:
-    from hiercaps_gen.negatives import NegativesStage
+    from hiercaps_gen.stages.negatives import NegativesStage
 
     config = run_config(args, {})
     print(_summary(NegativesStage(config, Path(args.run_dir)).run()))
 
 
 def cmd_filter(args: argparse.Namespace) -> None:
-    from hiercaps_gen.filter import FilterStage
+    from hiercaps_gen.stages.filter import FilterStage
 
     config = run_config(args, {"filter.scorer": args.scorer})
     print(_summary(FilterStage(config, Path(args.run_dir)).run()))
@@ -122,7 +122,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from hiercaps_gen.finetune import finetune
+    from hiercaps_gen.stages.finetune import finetune
 
     config = run_config(args, {"finetune.encoder": args.encoder, "finetune.max_steps": args.max_steps,
                                "finetune.learning_rate": args.lr})
@@ -131,7 +131,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from hiercaps_gen.evaluate import evaluate
+    from hiercaps_gen.stages.evaluate import evaluate
 
     out = Path(args.out) if args.out else Path(args.encoder) / "eval"
     evaluate(args.encoder, Path(args.test), out, images_dir=Path(args.images) if args.images else None,
@@ -139,7 +139,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from hiercaps_gen.report import build_report
+    from hiercaps_gen.report.report import build_report
 
     print(build_report(Path(args.release), Path(args.out), reference=Path(args.reference) if args.reference else None,
                        seed=args.seed))

@@ -1,4 +1,5 @@
-"""Positive hierarchies as validated pydantic models, plus the checks other stages reuse.
+"""The row contract: Arrow schemas, text normalisation, and positive hierarchies as validated
+pydantic models, plus the checks other stages reuse.
 
 A hierarchy is four descriptions, generic → specific, the last being the caption. The checks are
 the cheap, explainable ones (each failure has a stable reason code that lands in the reject
@@ -9,13 +10,91 @@ from the root (the embedding of "") should grow with the level.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 
-from hiercaps_gen.schema import LEVELS
+# Arrow schemas of the rows each stage writes: the data contract between stages. Each stage's
+# schema extends the one before it, so a row carries its whole lineage forward.
+
+LEVELS = 4
+ANYTHING = "anything"  # level 0: the implicit root every level-1 description is a child of
+
+CAPTION = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("source_id", pa.string()),
+        ("image_id", pa.string()),
+        ("image_url", pa.string()),
+        ("caption", pa.string()),
+    ]
+)
+
+POSITIVE = pa.schema(
+    list(CAPTION)
+    + [
+        ("positive", pa.list_(pa.string())),
+        ("positive_origin", pa.string()),  # "llm" or "distilled"
+        ("generator_model", pa.string()),
+        ("prompt_version", pa.string()),
+        ("prompt_hash", pa.string()),
+        ("seed", pa.int64()),
+        ("attempts", pa.int32()),
+    ]
+)
+
+NEGATIVE = pa.schema(
+    list(POSITIVE)
+    + [
+        ("negative", pa.list_(pa.string())),
+        ("ordering_model_hash", pa.string()),
+    ]
+)
+
+FILTERED = pa.schema(list(NEGATIVE) + [("filter_score", pa.float64())])
+
+RELEASE = pa.schema(list(FILTERED) + [("split", pa.string())])
+
+REJECT = pa.schema(
+    [
+        ("id", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("row", pa.string()),  # the rejected input row as JSON: nothing is lost
+    ]
+)
+
+
+# Caption text normalisation: one canonical form before anything is hashed or prompted.
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+def normalise(text: str) -> str:
+    """NFC, control and format characters removed, whitespace collapsed and trimmed."""
+    text = unicodedata.normalize("NFC", text)
+    text = "".join(
+        " " if ch in "\t\n\r\v\f" else ch
+        for ch in text
+        if ch in "\t\n\r\v\f" or unicodedata.category(ch) not in {"Cc", "Cf", "Cs", "Co"}
+    )
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def dedup_key(text: str) -> str:
+    """Key under which two captions count as duplicates: case- and punctuation-insensitive."""
+    return " ".join(re.findall(r"\w+", text.casefold()))
+
+
+def word_count(text: str) -> int:
+    return len(text.split())
+
 
 # Words that carry no content for the containment check.
 STOPWORDS = frozenset(
@@ -151,7 +230,7 @@ class EmbeddingScorer:
     """Root-distance order of the levels under a frozen sentence encoder (MiniLM offline)."""
 
     def __init__(self, model: str = "embedded:minilm", device: str = "auto") -> None:
-        from hiercaps_gen.embedding import get_embedder
+        from hiercaps_gen.encoders import get_embedder
 
         self.embedder = get_embedder(model, device)
         self.root = self.embedder.root()

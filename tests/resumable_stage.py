@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from hiercaps_gen.config import RunConfig, load_config
-from hiercaps_gen.schema import CAPTION
-from hiercaps_gen.stage import Reject, ShardOutput, ShardStage
+from hiercaps_gen.hierarchy import CAPTION
+from hiercaps_gen.stages.base import Reject, ShardOutput, ShardStage
 
 
 class LowercaseStage(ShardStage):

@@ -9,9 +9,9 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from hiercaps_gen.abstract import AbstractStage, run_abstract
+from hiercaps_gen.stages.abstract import AbstractStage, run_abstract
 from hiercaps_gen.config import RunConfig
-from hiercaps_gen.stage import load_manifest, read_stage_rows
+from hiercaps_gen.stages.base import load_manifest, read_stage_rows
 
 from .conftest import REPO
 from .test_llm_helpers import build_tiny_model, sample_captions, write_ingest

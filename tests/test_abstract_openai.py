@@ -12,10 +12,10 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from hiercaps_gen.abstract import AbstractStage
+from hiercaps_gen.stages.abstract import AbstractStage
 from hiercaps_gen.config import RunConfig
 from hiercaps_gen.llm.base import BackendUnavailable
-from hiercaps_gen.llm_cache import LLMCache
+from hiercaps_gen.llm.cache import LLMCache
 
 from .test_llm_helpers import ServerProcess, free_port, sample_captions, write_ingest
 

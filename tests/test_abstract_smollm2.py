@@ -9,10 +9,10 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from hiercaps_gen.abstract import AbstractStage
+from hiercaps_gen.stages.abstract import AbstractStage
 from hiercaps_gen.config import RunConfig
 from hiercaps_gen.hierarchy import validate_hierarchy
-from hiercaps_gen.prompts import load_prompt
+from hiercaps_gen.llm.prompts import load_prompt
 
 from .test_llm_helpers import sample_captions, write_ingest
 from .test_llm_prompts import HOSTILE

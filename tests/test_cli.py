@@ -7,8 +7,8 @@ from pathlib import Path
 
 from hiercaps_gen.cli import build_parser
 from hiercaps_gen.config import RunConfig
-from hiercaps_gen.schema import FILTERED
-from hiercaps_gen.stage import ShardOutput, write_shard, write_stage_manifest
+from hiercaps_gen.hierarchy import FILTERED
+from hiercaps_gen.stages.base import ShardOutput, write_shard, write_stage_manifest
 
 from .conftest import REPO, synthetic_rows
 

@@ -15,7 +15,7 @@ from scipy.stats import kendalltau
 
 from hiercaps_gen.config import RunConfig
 from hiercaps_gen.encoders import load_encoder
-from hiercaps_gen.evaluate import (
+from hiercaps_gen.stages.evaluate import (
     d_corr,
     evaluate,
     kendall_tau_levels,
@@ -23,7 +23,7 @@ from hiercaps_gen.evaluate import (
     retrieve_hierarchy,
     root_distances,
 )
-from hiercaps_gen.finetune import finetune
+from hiercaps_gen.stages.finetune import finetune
 from tests.test_finetune import HIERARCHIES, release_rows, tiny_clip_encoder, tiny_sentence_encoder, write_release
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

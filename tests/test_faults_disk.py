@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from hiercaps_gen.config import RunConfig
-from hiercaps_gen.ingest import run_ingest
-from hiercaps_gen.stage import StageError, load_manifest
+from hiercaps_gen.stages.ingest import run_ingest
+from hiercaps_gen.stages.base import StageError, load_manifest
 
 from .conftest import REPO
 
@@ -19,7 +19,7 @@ FULL_DISK = """
 import resource, signal, sys
 from pathlib import Path
 from hiercaps_gen.config import RunConfig
-from hiercaps_gen.ingest import run_ingest
+from hiercaps_gen.stages.ingest import run_ingest
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)        # so writes fail with EFBIG instead of a kill
 resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))  # no file may grow past 3 kB: a full disk
 config = RunConfig().with_overrides({"ingest.input": sys.argv[2], "ingest.num_shards": 2})

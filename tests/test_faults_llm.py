@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from hiercaps_gen.abstract import AbstractStage
+from hiercaps_gen.stages.abstract import AbstractStage
 from hiercaps_gen.config import RunConfig
 from hiercaps_gen.llm.base import BackendUnavailable
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from hiercaps_gen import schema
+from hiercaps_gen import hierarchy
 from hiercaps_gen.config import FilterConfig
-from hiercaps_gen.filter import FilterStage, NLIScorer, lexical_problem
+from hiercaps_gen.stages.filter import FilterStage, NLIScorer, lexical_problem
 from hiercaps_gen.models import resolve
-from hiercaps_gen.negatives import NegativesStage
-from hiercaps_gen.stage import read_stage_rows
+from hiercaps_gen.stages.negatives import NegativesStage
+from hiercaps_gen.stages.base import read_stage_rows
 
 from .test_ordering_data import positive_row, tiny_config, trained_run, write_stage
 
@@ -48,7 +48,7 @@ def test_lexical_checks() -> None:
 
 def test_every_drop_is_counted_with_its_reason(tmp_path: Path) -> None:
     rows = [negative_row(i, p, n) for i, (p, n, _) in CASES.items()]
-    write_stage(tmp_path, "negatives", schema.NEGATIVE, rows)
+    write_stage(tmp_path, "negatives", hierarchy.NEGATIVE, rows)
     manifest = FilterStage(tiny_config(), tmp_path).run()
     totals = manifest["totals"]
     expected = [reason for _, _, reason in CASES.values() if reason]
@@ -66,7 +66,7 @@ def test_every_drop_is_counted_with_its_reason(tmp_path: Path) -> None:
 
 def test_stricter_threshold_drops_more(tmp_path: Path) -> None:
     rows = [negative_row(0, POSITIVE, NEGATIVE)]
-    write_stage(tmp_path, "negatives", schema.NEGATIVE, rows, shards=1)
+    write_stage(tmp_path, "negatives", hierarchy.NEGATIVE, rows, shards=1)
     strict = FilterStage(tiny_config(**{"filter.max_negative_similarity": 0.1}), tmp_path).run()
     assert strict["totals"]["reasons"] == {"negative_too_similar": 1}
 

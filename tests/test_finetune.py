@@ -13,8 +13,8 @@ import torch
 
 from hiercaps_gen.config import RunConfig
 from hiercaps_gen.encoders import ClipEncoder, SentenceEncoder, TextEncoder, load_encoder
-from hiercaps_gen.evaluate import d_corr
-from hiercaps_gen.finetune import (
+from hiercaps_gen.stages.evaluate import d_corr
+from hiercaps_gen.stages.finetune import (
     FinetuneError,
     batch_loss,
     buffer_shuffle,
@@ -27,10 +27,10 @@ from hiercaps_gen.finetune import (
     save_checkpoint,
 )
 from hiercaps_gen.models import resolve
+from hiercaps_gen.files import atomic_write_bytes, write_parquet
+from hiercaps_gen.hierarchy import RELEASE
 from hiercaps_gen.release.manifest import ReleaseFile, ReleaseManifest
 from hiercaps_gen.release.read import split_files
-from hiercaps_gen.schema import RELEASE
-from hiercaps_gen.shards import atomic_write_bytes, write_parquet
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -227,7 +227,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: pyt
     log = json.loads((tmp_path / "straight" / "loss_log.json").read_text())
     assert [s["step"] for s in log["steps"]] == list(range(1, 9))
 
-    import hiercaps_gen.finetune as stage
+    import hiercaps_gen.stages.finetune as stage
 
     calls = {"n": 0}
     real = stage.batch_loss
@@ -274,7 +274,7 @@ def test_a_finished_run_extends_from_its_final_checkpoint(tmp_path: Path) -> Non
 
 def test_refuses_checkpoints_of_another_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     release = write_release(tmp_path / "release", release_rows(16, "train"))
-    import hiercaps_gen.finetune as stage
+    import hiercaps_gen.stages.finetune as stage
 
     real = stage.batch_loss
     calls = {"n": 0}

@@ -5,9 +5,9 @@ from pathlib import Path
 from flows.pipeline import pipeline_flow
 from flows.stages import release_flow, run_sharded, task_runner
 from hiercaps_gen.config import RunConfig
-from hiercaps_gen.ingest import run_ingest
+from hiercaps_gen.stages.ingest import run_ingest
 from hiercaps_gen.release import read_release
-from hiercaps_gen.stage import read_stage_rows
+from hiercaps_gen.stages.base import read_stage_rows
 
 from .conftest import REPO, synthetic_rows
 from .resumable_stage import LowercaseStage

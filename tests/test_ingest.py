@@ -6,9 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from hiercaps_gen.config import RunConfig
-from hiercaps_gen.ingest import IngestError, run_ingest
-from hiercaps_gen.stage import read_stage_rows
-from hiercaps_gen.text import normalise
+from hiercaps_gen.stages.ingest import IngestError, run_ingest
+from hiercaps_gen.stages.base import read_stage_rows
+from hiercaps_gen.hierarchy import normalise
 
 from .conftest import REPO
 

@@ -9,8 +9,8 @@ import pytest
 
 from hiercaps_gen.llm.base import Generation, GenerationRequest, Sampling
 from hiercaps_gen.llm.transformers_backend import TransformersGenerator
-from hiercaps_gen.llm_cache import CachedGenerator, LLMCache
-from hiercaps_gen.prompts import load_prompt
+from hiercaps_gen.llm.cache import CachedGenerator, LLMCache
+from hiercaps_gen.llm.prompts import load_prompt
 
 from .test_llm_helpers import build_tiny_model, sample_captions
 

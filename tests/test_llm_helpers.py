@@ -18,9 +18,9 @@ from pathlib import Path
 
 import httpx
 
-from hiercaps_gen.prompts import load_prompt
-from hiercaps_gen.schema import CAPTION
-from hiercaps_gen.stage import ShardOutput, shard_name, stage_dir, write_shard, write_stage_manifest
+from hiercaps_gen.llm.prompts import load_prompt
+from hiercaps_gen.hierarchy import CAPTION
+from hiercaps_gen.stages.base import ShardOutput, shard_name, stage_dir, write_shard, write_stage_manifest
 
 from .conftest import REPO
 

@@ -15,7 +15,7 @@ from hiercaps_gen.llm.base import BackendUnavailable, GenerationRequest, Samplin
 from hiercaps_gen.llm.openai_backend import OpenAIGenerator, chat_url
 from hiercaps_gen.llm.server import create_app
 from hiercaps_gen.llm.transformers_backend import TransformersGenerator
-from hiercaps_gen.prompts import load_prompt
+from hiercaps_gen.llm.prompts import load_prompt
 
 from .test_llm_helpers import build_tiny_model, free_port, sample_captions
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hiercaps_gen.hierarchy import Checks, HierarchyInvalid, clean_level, kendall_tau, overlap, validate_hierarchy
-from hiercaps_gen.prompts import PromptError, load_prompt, parse_answer, quote_caption
+from hiercaps_gen.llm.prompts import PromptError, load_prompt, parse_answer, quote_caption
 
 HOSTILE = [
     "Level 1: animal\nLevel 2: dog\nLevel 3: a dog on grass",

@@ -7,7 +7,7 @@ import pytest
 
 from hiercaps_gen.llm.base import GenerationRequest, Sampling
 from hiercaps_gen.llm.transformers_backend import RowSampler, TransformersGenerator, common_prefix
-from hiercaps_gen.prompts import load_prompt
+from hiercaps_gen.llm.prompts import load_prompt
 
 from .test_llm_helpers import build_tiny_model, sample_captions
 

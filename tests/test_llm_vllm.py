@@ -12,7 +12,7 @@ import pytest
 from hiercaps_gen.config import LLMConfig
 from hiercaps_gen.llm.base import GenerationRequest, Sampling, render_chat
 from hiercaps_gen.llm.vllm_backend import VLLMGenerator, engine_args, sampling_spec
-from hiercaps_gen.prompts import load_prompt
+from hiercaps_gen.llm.prompts import load_prompt
 
 from .conftest import REPO
 from .test_llm_helpers import build_tiny_model

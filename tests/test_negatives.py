@@ -10,11 +10,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from hiercaps_gen.embedding import get_embedder
-from hiercaps_gen.negatives import NegativesStage
+from hiercaps_gen.encoders import get_embedder
+from hiercaps_gen.stages.negatives import NegativesStage
 from hiercaps_gen.ordering.model import torch_threads
-from hiercaps_gen.stage import read_stage_rows
-from hiercaps_gen.text import dedup_key
+from hiercaps_gen.stages.base import read_stage_rows
+from hiercaps_gen.hierarchy import dedup_key
 
 from .test_ordering_data import hierarchy_rows, tiny_config, trained_run, write_abstract
 

@@ -7,11 +7,12 @@ import math
 import shutil
 from pathlib import Path
 
-from hiercaps_gen.ordering import OrderingModel, train_ordering
+from hiercaps_gen.ordering.generate import OrderingModel
+from hiercaps_gen.stages.train_ordering import train_ordering
 from hiercaps_gen.ordering.tasks import (
     DOWN, UP, down_source, examples, heldout_ids, parse_up, up_target,
 )
-from hiercaps_gen.shards import sha256_file
+from hiercaps_gen.files import sha256_file
 
 from .test_ordering_data import hierarchy_rows, tiny_config, trained_run, write_abstract
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from hiercaps_gen import schema
+from hiercaps_gen import hierarchy
 from hiercaps_gen.config import RunConfig
-from hiercaps_gen.ordering import train_ordering
-from hiercaps_gen.stage import ShardOutput, shard_name, stage_dir, write_shard, write_stage_manifest
+from hiercaps_gen.stages.train_ordering import train_ordering
+from hiercaps_gen.stages.base import ShardOutput, shard_name, stage_dir, write_shard, write_stage_manifest
 
 DATA = Path(__file__).parent / "data" / "hierarchies.txt"
 
@@ -47,7 +47,7 @@ def write_stage(run_dir: Path, stage: str, schema_: pa.Schema, rows: list[dict],
 
 
 def write_abstract(run_dir: Path, rows: list[dict], shards: int = 2) -> dict:
-    return write_stage(run_dir, "abstract", schema.POSITIVE, rows, shards)
+    return write_stage(run_dir, "abstract", hierarchy.POSITIVE, rows, shards)
 
 
 def hierarchy_rows(limit: int | None = None) -> list[dict]:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from hiercaps_gen import schema
-from hiercaps_gen.distill import PREFIX, DistillStage
-from hiercaps_gen.negatives import NegativesStage
-from hiercaps_gen.stage import (
+from hiercaps_gen import hierarchy
+from hiercaps_gen.stages.distill import PREFIX, DistillStage
+from hiercaps_gen.stages.negatives import NegativesStage
+from hiercaps_gen.stages.base import (
     Reject, ShardOutput, read_stage_rows, shard_name, stage_dir, write_shard, write_stage_manifest,
 )
 
@@ -28,9 +28,9 @@ def _with_budget_rejects(tmp_path: Path) -> Path:
     records = []
     for i in range(2):
         kept = rows[i * 4 : i * 4 + 4]
-        over = [{k: r[k] for k in schema.CAPTION.names} for r in rows[8 + i * 5 : 8 + i * 5 + 5]]
+        over = [{k: r[k] for k in hierarchy.CAPTION.names} for r in rows[8 + i * 5 : 8 + i * 5 + 5]]
         output = ShardOutput(kept, [Reject(r, "beyond_llm_budget", "llm_budget=8") for r in over])
-        records.append(write_shard(directory, "abstract", shard_name(i), schema.POSITIVE, output, 9, "test", None, 0.0))
+        records.append(write_shard(directory, "abstract", shard_name(i), hierarchy.POSITIVE, output, 9, "test", None, 0.0))
     write_stage_manifest(directory, "abstract", "test", {}, records)
     return run_dir
 

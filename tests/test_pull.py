@@ -14,7 +14,7 @@ import pytest
 from hiercaps_gen.config import RunConfig
 from hiercaps_gen.release.pull import PullError, pull
 from hiercaps_gen.release import read_release, write_release
-from hiercaps_gen.schema import FILTERED
+from hiercaps_gen.hierarchy import FILTERED
 
 from .conftest import REPO, synthetic_rows
 

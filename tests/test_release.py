@@ -10,8 +10,8 @@ import pytest
 from hiercaps_gen.config import RunConfig
 from hiercaps_gen.release.export import export_hierarcaps_csv
 from hiercaps_gen.release import ReleaseError, read_release, verify_release, write_release
-from hiercaps_gen.schema import FILTERED, RELEASE
-from hiercaps_gen.shards import sha256_file
+from hiercaps_gen.hierarchy import FILTERED, RELEASE
+from hiercaps_gen.files import sha256_file
 
 from .conftest import synthetic_rows
 
@@ -128,7 +128,7 @@ def test_two_writers_of_one_version_one_wins(tmp_path):
 
 def test_lineage_names_every_model_a_run_used(tmp_path):
     from hiercaps_gen.release.write import run_lineage
-    from hiercaps_gen.shards import atomic_write_json
+    from hiercaps_gen.files import atomic_write_json
 
     atomic_write_json(tmp_path / "abstract/manifest.json",
                       {"fingerprint": "a", "stats": {"generator_model": "embedded:smollm2@abc", "prompts": 3}})

@@ -20,7 +20,7 @@ import pytest
 from hiercaps_gen.cli import main
 from hiercaps_gen.config import RunConfig
 from hiercaps_gen.release import read_release, verify_release, write_release
-from hiercaps_gen.schema import FILTERED
+from hiercaps_gen.hierarchy import FILTERED
 
 from .conftest import REPO, synthetic_rows
 from .hub_server import HubState, serve

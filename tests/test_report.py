@@ -19,10 +19,10 @@ from PIL import Image
 
 from hiercaps_gen.cli import main as cli_main
 from hiercaps_gen.config import RunConfig
-from hiercaps_gen.embedding import get_embedder
+from hiercaps_gen.encoders import get_embedder
 from hiercaps_gen.release import read_release, write_release
-from hiercaps_gen.report import Dataset, build_report, encoder_profile, sample_indices
-from hiercaps_gen.schema import FILTERED
+from hiercaps_gen.report.report import Dataset, build_report, encoder_profile, sample_indices
+from hiercaps_gen.hierarchy import FILTERED
 
 from .conftest import synthetic_rows
 

@@ -5,8 +5,8 @@ import sys
 import yaml
 
 from hiercaps_gen.config import RunConfig
-from hiercaps_gen.ingest import run_ingest
-from hiercaps_gen.stage import read_stage_rows
+from hiercaps_gen.stages.ingest import run_ingest
+from hiercaps_gen.stages.base import read_stage_rows
 
 from .conftest import REPO
 

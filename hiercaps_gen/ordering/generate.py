@@ -10,8 +10,8 @@ import torch
 from hiercaps_gen.models import pick_device
 from hiercaps_gen.ordering.model import Seq2Seq, load
 from hiercaps_gen.ordering.tasks import ARROW, SEP, up_source
-from hiercaps_gen.ordering.train import STAGE, model_dir
-from hiercaps_gen.stage import load_manifest
+from hiercaps_gen.stages.train_ordering import STAGE, model_dir
+from hiercaps_gen.stages.base import load_manifest
 
 
 @dataclass

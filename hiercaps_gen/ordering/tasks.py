@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hiercaps_gen.schema import ANYTHING, LEVELS
+from hiercaps_gen.hierarchy import ANYTHING, LEVELS
 
 DOWN = "generic to specific:"
 UP = "specific to generic:"

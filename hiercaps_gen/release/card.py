@@ -19,7 +19,7 @@ from huggingface_hub import DatasetCardData
 
 from hiercaps_gen.release.manifest import SPLITS, ReleaseManifest
 from hiercaps_gen.release.stats import FunnelStep, funnel, funnel_gaps, hierarchy_stats
-from hiercaps_gen.schema import LEVELS
+from hiercaps_gen.hierarchy import LEVELS
 
 STATS_SAMPLE_ROWS = 5_000
 DATA_DIR = "data"

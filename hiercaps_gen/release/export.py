@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 
 from hiercaps_gen.release.read import read_release
-from hiercaps_gen.shards import atomic_write_bytes
+from hiercaps_gen.files import atomic_write_bytes
 
 LEVEL_SEPARATOR = " => "
 FORMATS = ("hierarcaps-csv",)

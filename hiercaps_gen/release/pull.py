@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from hiercaps_gen.release.manifest import MAX_MANIFEST_BYTES, ManifestError, ReleaseFile, parse_manifest
 from hiercaps_gen.release.read import verify_release
-from hiercaps_gen.shards import sha256_file
+from hiercaps_gen.files import sha256_file
 
 CHUNK = 4 << 20
 WORKERS = min(8, os.cpu_count() or 1)

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hiercaps_gen.release.manifest import ManifestError, ReleaseManifest, parse_manifest
-from hiercaps_gen.schema import RELEASE
-from hiercaps_gen.shards import sha256_file
+from hiercaps_gen.hierarchy import RELEASE
+from hiercaps_gen.files import sha256_file
 
 
 class ReleaseError(RuntimeError):

@@ -21,8 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from hiercaps_gen.release.manifest import ReleaseManifest
-from hiercaps_gen.schema import LEVELS
-from hiercaps_gen.text import dedup_key
+from hiercaps_gen.hierarchy import LEVELS, dedup_key
 
 # Pipeline order (write.LINEAGE_STAGES; not imported: the writer imports the card, which imports this).
 STAGE_ORDER = ("ingest", "abstract", "train-ordering", "negatives", "filter")

@@ -31,9 +31,9 @@ from hiercaps_gen.config import RunConfig
 from hiercaps_gen.release.card import DATA_DIR, render_card
 from hiercaps_gen.release.manifest import SEMVER, SPLITS, ColumnType, ReleaseFile, ReleaseManifest, StageLineage
 from hiercaps_gen.release.read import ReleaseError, verify_release
-from hiercaps_gen.schema import FILTERED, LEVELS, RELEASE
-from hiercaps_gen.shards import atomic_write_bytes, write_parquet
-from hiercaps_gen.stage import load_manifest, read_stage_rows
+from hiercaps_gen.hierarchy import FILTERED, LEVELS, RELEASE
+from hiercaps_gen.files import atomic_write_bytes, write_parquet
+from hiercaps_gen.stages.base import load_manifest, read_stage_rows
 
 LINEAGE_STAGES = ("ingest", "abstract", "train-ordering", "negatives", "filter")
 

@@ -21,19 +21,18 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from hiercaps_gen import schema
+from hiercaps_gen import hierarchy
 from hiercaps_gen.config import FilterConfig
-from hiercaps_gen.embedding import get_embedder
-from hiercaps_gen.hierarchy import kendall_tau
+from hiercaps_gen.encoders import get_embedder
+from hiercaps_gen.hierarchy import dedup_key, kendall_tau
 from hiercaps_gen.models import pick_device, resolve
-from hiercaps_gen.negatives import level_profile
+from hiercaps_gen.stages.negatives import level_profile
 from hiercaps_gen.ordering.model import torch_threads
 from hiercaps_gen.ordering.tasks import is_hierarchy
 from hiercaps_gen.re_loss import hierarchy_angles
-from hiercaps_gen.stage import Reject, Resources, ShardOutput, ShardStage
-from hiercaps_gen.text import dedup_key
+from hiercaps_gen.stages.base import Reject, Resources, ShardOutput, ShardStage
 
-LEVELS = schema.LEVELS
+LEVELS = hierarchy.LEVELS
 
 
 @dataclass(frozen=True)
@@ -145,7 +144,7 @@ class FilterStage(ShardStage):
     name = "filter"
     input_stage = "negatives"
     config_section = "filter"
-    output_schema = schema.FILTERED
+    output_schema = hierarchy.FILTERED
     resources = Resources(gpus=0, cpus=1, memory_gb=2.0)
 
     @cached_property
@@ -169,7 +168,7 @@ class FilterStage(ShardStage):
         accepted = []
         for row, verdict in zip(candidates, verdicts):
             if verdict.reason is None:
-                accepted.append({**{k: row[k] for k in schema.NEGATIVE.names}, "filter_score": verdict.score})
+                accepted.append({**{k: row[k] for k in hierarchy.NEGATIVE.names}, "filter_score": verdict.score})
             else:
                 rejects.append(Reject(row, verdict.reason, verdict.detail))
         return ShardOutput(accepted, rejects, {"scored": float(len(candidates))})

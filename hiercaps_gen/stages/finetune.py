@@ -38,8 +38,8 @@ from hiercaps_gen.encoders import TextEncoder, load_encoder
 from hiercaps_gen.models import pick_device
 from hiercaps_gen.release.read import split_files
 from hiercaps_gen.re_loss import RELoss, re_loss
-from hiercaps_gen.schema import LEVELS
-from hiercaps_gen.shards import atomic_write_json, read_json, sha256_file
+from hiercaps_gen.hierarchy import LEVELS
+from hiercaps_gen.files import atomic_write_json, read_json, sha256_file
 
 T = TypeVar("T")
 U = TypeVar("U")

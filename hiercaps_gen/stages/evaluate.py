@@ -25,9 +25,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from hiercaps_gen.encoders import TextEncoder, load_encoder
+from hiercaps_gen.files import atomic_write_bytes, atomic_write_json
+from hiercaps_gen.hierarchy import LEVELS
 from hiercaps_gen.release.read import split_files
-from hiercaps_gen.schema import LEVELS
-from hiercaps_gen.shards import atomic_write_bytes, atomic_write_json
 
 CSV_SEPARATOR = " => "
 

@@ -30,13 +30,13 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from matplotlib.figure import Figure
 
+from hiercaps_gen.files import atomic_write_bytes, atomic_write_json
+from hiercaps_gen.hierarchy import LEVELS
 from hiercaps_gen.release.card import generator_notes, source_licences
 from hiercaps_gen.release.export import LEVEL_SEPARATOR
 from hiercaps_gen.release.manifest import ReleaseManifest
 from hiercaps_gen.release.read import read_release, verify_release
 from hiercaps_gen.release.stats import FunnelStep, chains, funnel, funnel_gaps, hierarchy_stats, word_counts
-from hiercaps_gen.schema import LEVELS
-from hiercaps_gen.shards import atomic_write_bytes, atomic_write_json
 
 RELEASE_COLUMNS = ["id", "source", "positive", "negative", "generator_model", "filter_score", "split"]
 MAX_WORDS_BIN = 30  # word-count histograms put everything longer in the last bin
@@ -102,7 +102,7 @@ def _nan_to_none(value: float) -> float | None:
 
 def encoder_profile(embedder: Any, dataset: Dataset, max_rows: int | None, seed: int) -> dict[str, Any]:
     """Root distance per level (positives, negatives) and d_corr over a seeded sample of rows."""
-    from hiercaps_gen.evaluate import kendall_tau_levels, root_distances
+    from hiercaps_gen.stages.evaluate import kendall_tau_levels, root_distances
 
     n = dataset.table.num_rows
     indices = sample_indices(n, max_rows, seed) if max_rows is not None and n > max_rows else list(range(n))
@@ -564,7 +564,7 @@ def build_report(
     device: str = "auto",
 ) -> Path:
     """Write OUT/index.html (self-contained), OUT/*.png and OUT/report.json; return the HTML path."""
-    from hiercaps_gen.embedding import get_embedder
+    from hiercaps_gen.encoders import get_embedder
     from hiercaps_gen.models import resolve, weights_hash
 
     release_dir, out_dir = Path(release_dir), Path(out_dir)

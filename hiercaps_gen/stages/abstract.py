@@ -25,13 +25,14 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from hiercaps_gen.config import RunConfig
-from hiercaps_gen.hierarchy import Checks, EmbeddingScorer, HierarchyInvalid, PositiveHierarchy, validate_hierarchy, words
+from hiercaps_gen.hierarchy import (
+    LEVELS, POSITIVE, Checks, EmbeddingScorer, HierarchyInvalid, PositiveHierarchy, validate_hierarchy, words,
+)
 from hiercaps_gen.llm.base import Generation, GenerationRequest, Generator, Sampling
+from hiercaps_gen.llm.cache import CachedGenerator, LLMCache
 from hiercaps_gen.llm.identity import model_identity
-from hiercaps_gen.llm_cache import CachedGenerator, LLMCache
-from hiercaps_gen.prompts import PromptError, load_prompt, parse_answer
-from hiercaps_gen.schema import LEVELS, POSITIVE
-from hiercaps_gen.stage import Reject, Resources, ShardOutput, ShardStage, StageError, load_manifest, stage_dir
+from hiercaps_gen.llm.prompts import PromptError, load_prompt, parse_answer
+from hiercaps_gen.stages.base import Reject, Resources, ShardOutput, ShardStage, StageError, load_manifest, stage_dir
 
 CACHE_FILE = "cache.sqlite"
 # LLM settings that change how calls are made, not what they return: kept out of the fingerprint,

@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hiercaps_gen.config import REPO_ROOT, RunConfig
-from hiercaps_gen.schema import CAPTION
-from hiercaps_gen.shards import sha256_file
-from hiercaps_gen.stage import (
+from hiercaps_gen.hierarchy import CAPTION, dedup_key, normalise, word_count
+from hiercaps_gen.files import sha256_file
+from hiercaps_gen.stages.base import (
     Reject,
     ShardOutput,
     completed_record,
@@ -31,7 +31,6 @@ from hiercaps_gen.stage import (
     write_shard,
     write_stage_manifest,
 )
-from hiercaps_gen.text import dedup_key, normalise, word_count
 
 STAGE = "ingest"
 Record = dict[str, Any]

@@ -4,7 +4,7 @@ The abstract stage rejects captions outside `abstract.llm_budget` with reason "b
 (the caption row is JSON in the reject ledger). This stage reads those rows, asks the trained
 ordering model's specific→generic direction for "p3 => p2 => p1", and puts the result through
 the same checks as LLM positives (`hierarchy.validate_hierarchy`, plus the root-distance order
-when `abstract.embedding_check` is on). Accepted rows are schema.POSITIVE rows with
+when `abstract.embedding_check` is on). Accepted rows are hierarchy.POSITIVE rows with
 positive_origin "distilled" and the ordering model's hash as their generator; shards are named
 "distilled-part-NNNNN" so the negatives stage can take them beside the abstract shards
 (`ordering.distill: true`).
@@ -21,15 +21,15 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from hiercaps_gen import schema
+from hiercaps_gen import hierarchy
 from hiercaps_gen.config import RunConfig
 from hiercaps_gen.hierarchy import Checks, EmbeddingScorer, HierarchyInvalid, validate_hierarchy
-from hiercaps_gen.ordering import OrderingModel
+from hiercaps_gen.ordering.generate import OrderingModel
 from hiercaps_gen.ordering.model import torch_threads
 from hiercaps_gen.ordering.tasks import parse_up
-from hiercaps_gen.ordering.train import trained_model_hash
-from hiercaps_gen.shards import verify
-from hiercaps_gen.stage import (
+from hiercaps_gen.stages.train_ordering import trained_model_hash
+from hiercaps_gen.files import verify
+from hiercaps_gen.stages.base import (
     Reject, Resources, ShardOutput, ShardStage, StageError, completed_record, stage_dir, write_shard,
 )
 
@@ -42,7 +42,7 @@ class DistillStage(ShardStage):
     name = "distill"
     input_stage = "abstract"
     config_section = "ordering"
-    output_schema = schema.POSITIVE
+    output_schema = hierarchy.POSITIVE
     resources = Resources(gpus=0, cpus=1, memory_gb=2.0)
 
     def ordering_hash(self) -> str:
@@ -113,7 +113,7 @@ class DistillStage(ShardStage):
             candidates = kept
         model_hash = self.model.model_hash
         accepted = [
-            {**{k: row[k] for k in schema.CAPTION.names}, "positive": list(levels), "positive_origin": "distilled",
+            {**{k: row[k] for k in hierarchy.CAPTION.names}, "positive": list(levels), "positive_origin": "distilled",
              "generator_model": f"ordering:{model_hash}", "prompt_version": PROMPT_VERSION, "prompt_hash": model_hash,
              "seed": self.config.seed, "attempts": 1}
             for row, levels in candidates

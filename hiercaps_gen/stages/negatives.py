@@ -19,17 +19,17 @@ from typing import Any
 
 import numpy as np
 
-from hiercaps_gen import schema
-from hiercaps_gen.embedding import get_embedder
-from hiercaps_gen.ordering import OrderingModel
+from hiercaps_gen import hierarchy
+from hiercaps_gen.encoders import get_embedder
+from hiercaps_gen.ordering.generate import OrderingModel
 from hiercaps_gen.ordering.model import torch_threads
 from hiercaps_gen.ordering.tasks import ARROW, down_source, is_hierarchy
-from hiercaps_gen.ordering.train import trained_model_hash
+from hiercaps_gen.hierarchy import dedup_key, word_count
 from hiercaps_gen.release.stats import column_stats
-from hiercaps_gen.stage import Reject, Resources, ShardOutput, ShardStage, load_manifest
-from hiercaps_gen.text import dedup_key, word_count
+from hiercaps_gen.stages.base import Reject, Resources, ShardOutput, ShardStage, load_manifest
+from hiercaps_gen.stages.train_ordering import trained_model_hash
 
-LEVELS = schema.LEVELS
+LEVELS = hierarchy.LEVELS
 DISTILL_STAGE = "distill"
 
 
@@ -46,7 +46,7 @@ class NegativesStage(ShardStage):
     name = "negatives"
     input_stage = "abstract"
     config_section = "negatives"
-    output_schema = schema.NEGATIVE
+    output_schema = hierarchy.NEGATIVE
     resources = Resources(gpus=0, cpus=1, memory_gb=3.0)
 
     def ordering_hash(self) -> str:
@@ -75,7 +75,7 @@ class NegativesStage(ShardStage):
         keys = [dedup_key(p) for p in positive]
         if key == keys[k]:
             return "same_as_positive"
-        if key == dedup_key(schema.ANYTHING) or key in keys[:k]:
+        if key == dedup_key(hierarchy.ANYTHING) or key in keys[:k]:
             return "ancestor"
         if key in keys[k + 1 :]:
             return "descendant"
@@ -137,7 +137,7 @@ class NegativesStage(ShardStage):
                 detail = "; ".join(f"level {k + 1}: {dict(problems[(i, k)])}" for k in missing)
                 rejects.append(Reject(row, "no_valid_negative", detail))
                 continue
-            out = {name: row[name] for name in schema.POSITIVE.names}
+            out = {name: row[name] for name in hierarchy.POSITIVE.names}
             negative = [chosen[(i, k)] for k in range(LEVELS)]
             accepted.append({**out, "negative": negative, "ordering_model_hash": model_hash})
         rejected_candidates: Counter[str] = sum(problems.values(), Counter())

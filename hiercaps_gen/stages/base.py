@@ -29,8 +29,8 @@ import pyarrow.parquet as pq
 
 from hiercaps_gen import __version__
 from hiercaps_gen.config import RunConfig
-from hiercaps_gen.schema import REJECT
-from hiercaps_gen.shards import FileEntry, atomic_write_json, read_json, verify, write_parquet
+from hiercaps_gen.hierarchy import REJECT
+from hiercaps_gen.files import FileEntry, atomic_write_json, read_json, verify, write_parquet
 
 MANIFEST = "manifest.json"
 

@@ -24,8 +24,8 @@ from hiercaps_gen.config import RunConfig
 from hiercaps_gen.models import pick_device
 from hiercaps_gen.ordering.model import Seq2Seq, build, torch_threads
 from hiercaps_gen.ordering.tasks import Example, examples, heldout_ids, is_hierarchy
-from hiercaps_gen.shards import atomic_write_json, read_json, sha256_file
-from hiercaps_gen.stage import MANIFEST, load_manifest, read_stage_rows, stage_dir
+from hiercaps_gen.files import atomic_write_json, read_json, sha256_file
+from hiercaps_gen.stages.base import MANIFEST, load_manifest, read_stage_rows, stage_dir
 
 STAGE = "train-ordering"
 INPUT_STAGE = "abstract"

@@ -1,0 +1,1 @@
+"""The HTML report over a release."""

@@ -1,0 +1,1 @@
+"""Pipeline stages, one module per stage, on one base (`base.py`)."""
