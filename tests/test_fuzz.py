@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hiercaps_gen.config import RunConfig
-from hiercaps_gen.ingest import IngestError, run_ingest
+from hiercaps_gen.stages.ingest import IngestError, run_ingest
 from hiercaps_gen.release.manifest import ManifestError, parse_manifest, safe_relative_path
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

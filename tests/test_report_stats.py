@@ -11,7 +11,7 @@ from hiercaps_gen.release.card import render_card
 from hiercaps_gen.release.manifest import ReleaseManifest
 from hiercaps_gen.release.stats import funnel, funnel_gaps, hierarchy_stats, word_counts
 from hiercaps_gen.release.write import write_release
-from hiercaps_gen.report import read_reference, sample_indices
+from hiercaps_gen.report.report import read_reference, sample_indices
 from hiercaps_gen.hierarchy import FILTERED
 
 from .conftest import synthetic_rows
