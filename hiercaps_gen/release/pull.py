@@ -9,9 +9,10 @@ Sources:
   `hf://<org>/<repo>/<dir>` pulls `<dir>/<version>/` from `main` as before.
 
 The manifest is validated (`release.manifest`: safe relative paths only) before any download.
-Each file's sha256 and size are computed while its bytes are copied, in one pass; a file that
-differs from the manifest is deleted and the pull fails. Only when every file checks out is
-`DEST/.partial/<name>/<version>/` renamed to `DEST/<name>/<version>/`.
+Each file is hashed once, as it arrives: HTTP chunks as they are written, a local copy as read
+back from the kernel's copy, a Hub download before it is renamed (not copied) into place. A file
+whose sha256 or size differs from the manifest is deleted and the pull fails. Only when every
+file checks out is `DEST/.partial/<name>/<version>/` renamed to `DEST/<name>/<version>/`.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ class PathFetcher:
                     done = 0
                     while done < sent:
                         n = os.preadv(out.fileno(), [view[done:sent]], size + done)
+                        if n == 0:
+                            raise PullError(f"{entry.path}: the copy was truncated while it was read back")
                         digest.update(view[done:done + n])
                         done += n
                     size += sent
