@@ -202,3 +202,20 @@ def test_older_folder_per_version_repos_still_pull(tmp_path, hub):
     missing = hub_cli(endpoint, tmp_path / "home", "pull", "hf://org/legacy", "--version", "2.0.0",
                       "--dest", str(tmp_path / "pulled"), "--quiet")
     assert missing.returncode == 2 and "no tag 2.0.0" in missing.stderr and "push it again" in missing.stderr
+
+
+def test_releases_from_before_the_data_folder_still_read_and_pull(tmp_path):
+    """Shards at the version root (the layout before `data/`): the manifest says where files are."""
+    path = release(tmp_path / "old", "0.9.0")
+    manifest = json.loads((path / "manifest.json").read_text())
+    for entry in manifest["files"]:
+        if entry["path"].startswith("data/"):
+            (path / entry["path"]).rename(path / entry["path"].removeprefix("data/"))
+            entry["path"] = entry["path"].removeprefix("data/")
+    (path / "data").rmdir()
+    (path / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    expected = read_release(path)
+    from hiercaps_gen.release.pull import pull
+
+    pulled = pull(str(path.parent), "0.9.0", tmp_path / "pulled", progress=False)
+    assert sorted(p.name for p in pulled.glob("train-*.parquet")) and read_release(pulled).equals(expected)
