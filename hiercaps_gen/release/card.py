@@ -130,7 +130,7 @@ def card_data(manifest: ReleaseManifest, table: pa.Table, split_bytes: dict[str,
         source_datasets=[SOURCE_DATASETS[s] for s in sources if s in SOURCE_DATASETS] or None,
         task_categories=["text-retrieval", "zero-shot-image-classification"],
         configs=[{"config_name": "default", "data_files": [
-            {"split": split, "path": f"{DATA_DIR}/{split}-*"} for split in present]}],
+            {"split": split, "path": f"{DATA_DIR}/{split}-*"} for split in present]}] if present else None,
         dataset_info={
             "features": [{"name": field.name, **feature(field.type)} for field in table.schema],
             "splits": [{"name": split, "num_bytes": split_bytes.get(split, 0), "num_examples": manifest.splits[split]}

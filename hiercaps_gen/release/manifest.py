@@ -80,7 +80,7 @@ class ReleaseManifest(BaseModel):
     stages: dict[str, StageLineage] = Field(default_factory=dict)
     splits: dict[str, int] = Field(default_factory=dict)
     license: str = ""
-    files: list[ReleaseFile] = Field(min_length=1)
+    files: list[ReleaseFile]  # README.md at least; no Parquet file when the release has no rows
     schema_: list[ColumnType] = Field(default_factory=list, alias="schema")
 
     @field_validator("files")

@@ -57,11 +57,17 @@ def split_files(path: Path, split: str | None = None) -> list[Path]:
     return files
 
 
-def read_release(release_dir: Path, split: str | None = None, columns: list[str] | None = None) -> pa.Table:
-    """Rows of a verified release (one split or all) as one Arrow table."""
+def load_release(release_dir: Path, split: str | None = None,
+                 columns: list[str] | None = None) -> tuple[ReleaseManifest, pa.Table]:
+    """The verified manifest and the rows (one split or all) of a release, checked once."""
     manifest = verify_release(release_dir)
     tables = [pq.read_table(Path(release_dir) / f.path, columns=columns) for f in manifest.data_files(split)]
     if tables:
-        return pa.concat_tables(tables)
+        return manifest, pa.concat_tables(tables)
     empty = RELEASE.empty_table()
-    return empty.select(columns) if columns else empty
+    return manifest, empty.select(columns) if columns else empty
+
+
+def read_release(release_dir: Path, split: str | None = None, columns: list[str] | None = None) -> pa.Table:
+    """Rows of a verified release (one split or all) as one Arrow table."""
+    return load_release(release_dir, split, columns)[1]

@@ -35,7 +35,7 @@ from hiercaps_gen.hierarchy import LEVELS
 from hiercaps_gen.release.card import generator_notes, source_licences
 from hiercaps_gen.release.export import LEVEL_SEPARATOR
 from hiercaps_gen.release.manifest import ReleaseManifest
-from hiercaps_gen.release.read import read_release, verify_release
+from hiercaps_gen.release.read import load_release
 from hiercaps_gen.release.stats import FunnelStep, chains, funnel, funnel_gaps, hierarchy_stats, word_counts
 
 RELEASE_COLUMNS = ["id", "source", "positive", "negative", "generator_model", "filter_score", "split"]
@@ -85,10 +85,7 @@ def read_reference(path: Path) -> Dataset:
 
 def read_release_table(release_dir: Path) -> tuple[ReleaseManifest, pa.Table]:
     """The release manifest and its rows (all splits), every file's checksum verified first."""
-    manifest = verify_release(release_dir)
-    if not manifest.data_files():
-        raise ValueError(f"release {release_dir} has no Parquet files")
-    return manifest, read_release(release_dir, columns=RELEASE_COLUMNS)
+    return load_release(release_dir, columns=RELEASE_COLUMNS)
 
 
 def sample_indices(rows: int, k: int, seed: int) -> list[int]:
