@@ -22,7 +22,8 @@ from hiercaps_gen.ordering.generate import OrderingModel
 from hiercaps_gen.stages.train_ordering import train_ordering
 from hiercaps_gen.ordering.model import build, load
 from hiercaps_gen.ordering.tasks import down_source, examples, heldout_ids, parse_up
-from hiercaps_gen.stages.train_ordering import _encode, model_dir
+from hiercaps_gen.ordering.generate import model_dir
+from hiercaps_gen.stages.train_ordering import _encode
 from hiercaps_gen.hierarchy import dedup_key
 from tests.test_ordering_data import hierarchy_rows, write_abstract
 

@@ -22,6 +22,7 @@ from flows.stages import (
     train_ordering_flow,
 )
 from hiercaps_gen.config import RunConfig, load_config
+from hiercaps_gen.stages.registry import NAMES
 
 
 def _with_runner(sub_flow, config: RunConfig):
@@ -30,19 +31,19 @@ def _with_runner(sub_flow, config: RunConfig):
 
 @flow(name="hierarcaps-pipeline")
 def pipeline_flow(config: ConfigParam, run_dir: Path, version: str, out: Path, until: str = "release") -> str | None:
-    """Run the stages in order; `until` stops after a named stage."""
+    """Run the registry's stages in order; `until` stops after a named stage (distill runs
+    inside train-ordering when `ordering.distill` is on)."""
     config = resolve_config(config)
-    ingest_flow(config, run_dir)
-    steps = [
-        ("abstract", lambda: _with_runner(abstract_flow, config)(config, run_dir)),
-        ("train-ordering", lambda: train_ordering_flow(config, run_dir)),
-        ("negatives", lambda: _with_runner(negatives_flow, config)(config, run_dir)),
-        ("filter", lambda: _with_runner(filter_flow, config)(config, run_dir)),
-    ]
-    if until == "ingest":
-        return None
-    for name, step in steps:
-        step()
+    flows = {
+        "ingest": lambda: ingest_flow(config, run_dir),
+        "abstract": lambda: _with_runner(abstract_flow, config)(config, run_dir),
+        "train-ordering": lambda: train_ordering_flow(config, run_dir),
+        "negatives": lambda: _with_runner(negatives_flow, config)(config, run_dir),
+        "filter": lambda: _with_runner(filter_flow, config)(config, run_dir),
+    }
+    for name in NAMES:
+        if name in flows:
+            flows[name]()
         if name == until:
             return None
     return release_flow(config, run_dir, version, out)
@@ -54,7 +55,7 @@ def main() -> None:
     parser.add_argument("--run-dir", default="runs/default")
     parser.add_argument("--version", default="0.1.0")
     parser.add_argument("--out", default="releases")
-    parser.add_argument("--until", default="release", help="stop after this stage")
+    parser.add_argument("--until", default="release", choices=[*NAMES, "release"], help="stop after this stage")
     args = parser.parse_args()
     print(pipeline_flow(load_config(args.config), Path(args.run_dir), args.version, Path(args.out), args.until))
 

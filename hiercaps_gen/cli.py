@@ -18,6 +18,7 @@ import yaml
 from hiercaps_gen import __version__
 from hiercaps_gen.config import ConfigError, RunConfig, load_config
 from hiercaps_gen.files import atomic_write_bytes
+from hiercaps_gen.stages.registry import NAMES
 
 DEFAULT_RUN_DIR = Path("runs/default")
 DEFAULT_RELEASES = Path("releases")
@@ -199,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", required=True, help="semantic version X.Y.Z")
     p.add_argument("--out", default=str(DEFAULT_RELEASES), help="releases root (default: %(default)s)")
     p.add_argument("--name", help="release name (default: from config)")
-    p.add_argument("--from-stage", default="filter", help="stage whose accepted rows are released")
+    p.add_argument("--from-stage", default="filter", choices=NAMES, help="stage whose accepted rows are released")
 
     p = sub.add_parser("push", help="publish a release to a Hugging Face dataset repo, tagged with its version",
                        description="upload one release version as one commit to a Hub dataset repo and tag it with "

@@ -69,6 +69,7 @@ class AbstractConfig(Strict):
     max_level1_words: int = Field(default=3, ge=1)
     min_overlap: float = Field(default=0.5, ge=0.0, le=1.0, description="share of level k words in level k+1")
     embedding_min_tau: float = Field(default=0.6, ge=-1.0, le=1.0, description="Kendall tau, root distance vs level")
+    embedding_encoder: str = Field(default="embedded:minilm", description="sentence encoder of the embedding check")
     max_caption_chars: int = Field(default=2000, ge=1, description="longer captions are rejected, not prompted")
     llm_budget: int | None = Field(default=None, ge=0, description="captions sent to the LLM (seeded choice)")
     cache: bool = Field(default=True, description="content-addressed generation cache in RUN/abstract/")
@@ -181,11 +182,6 @@ class RunConfig(Strict):
     def fingerprint(self) -> str:
         """Identity of the whole run: sha256 of the canonical dump, 16 hex digits."""
         return _digest(self.canonical_json())
-
-    def stage_fingerprint(self, section: str) -> str:
-        """Identity of one stage's settings: its section plus the seed."""
-        payload = {"seed": self.seed, section: getattr(self, section).model_dump(mode="json")}
-        return _digest(json.dumps(payload, sort_keys=True, separators=(",", ":")))
 
     def with_overrides(self, overrides: dict[str, Any]) -> RunConfig:
         """A copy with dotted-key overrides applied (`{"abstract.llm.backend": "openai"}`)."""

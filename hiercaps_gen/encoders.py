@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -23,6 +24,7 @@ from torch import nn
 
 from hiercaps_gen.models import pick_device, resolve
 from hiercaps_gen.files import atomic_write_json
+from hiercaps_gen.geometry import kendall_tau, root_distances
 
 META = "encoder.json"
 EncoderType = Literal["auto", "clip", "sentence"]
@@ -311,3 +313,18 @@ class TextEmbedder:
 def get_embedder(model: str = "embedded:minilm", device: str = "auto") -> TextEmbedder:
     """One loaded encoder per process and model: stages share it instead of reloading."""
     return TextEmbedder(model, device)
+
+
+class EmbeddingScorer:
+    """The embedding-order check: root distances of the levels under one frozen sentence encoder
+    (`abstract.embedding_encoder`; MiniLM offline), and their Kendall τ against the level order."""
+
+    def __init__(self, model: str = "embedded:minilm", device: str = "auto") -> None:
+        self.embedder = get_embedder(model, device)
+
+    def root_distances(self, hierarchies: Sequence[Sequence[str]]) -> np.ndarray:
+        """(n, levels) distances ‖e − r‖ of each level from the root."""
+        return root_distances(self.embedder, hierarchies)
+
+    def taus(self, hierarchies: Sequence[Sequence[str]]) -> list[float]:
+        return kendall_tau(self.root_distances(hierarchies)).tolist() if hierarchies else []

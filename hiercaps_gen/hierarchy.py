@@ -3,8 +3,8 @@ pydantic models, plus the checks other stages reuse.
 
 A hierarchy is four descriptions, generic → specific, the last being the caption. The checks are
 the cheap, explainable ones (each failure has a stable reason code that lands in the reject
-ledger); an optional embedding scorer adds the Radial-Embedding view: the distance of each level
-from the root (the embedding of "") should grow with the level.
+ledger); the optional embedding-order check (`encoders.EmbeddingScorer`) adds the Radial-Embedding
+view: the distance of each level from the root (the embedding of "") should grow with the level.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 
@@ -92,10 +91,6 @@ def dedup_key(text: str) -> str:
     return " ".join(re.findall(r"\w+", text.casefold()))
 
 
-def word_count(text: str) -> int:
-    return len(text.split())
-
-
 # Words that carry no content for the containment check.
 STOPWORDS = frozenset(
     "a an the of on in at to with and or for from by over under near next into onto up down is are was "
@@ -131,7 +126,40 @@ def clean_level(text: str) -> str:
 
 
 def words(text: str) -> list[str]:
+    """The one tokenisation of a level or caption: letter and digit runs, lower-cased."""
     return _WORD.findall(text.lower())
+
+
+def word_count(text: str) -> int:
+    """Words of a text as every stage and statistic counts them (`words`)."""
+    return len(words(text))
+
+
+# A hierarchy as a row holds it: LEVELS non-empty strings, generic → specific; in the authors'
+# CSV layout the levels are joined by SEPARATOR.
+SEPARATOR = " => "
+
+
+def level_problem(levels: object) -> str | None:
+    """Why `levels` is not a hierarchy (a stable reason code), or None when it is one."""
+    if not isinstance(levels, (list, tuple)) or len(levels) != LEVELS:
+        return "not_4_levels"
+    if any(not isinstance(t, str) or not t.strip() for t in levels):
+        return "empty_level"
+    return None
+
+
+def is_hierarchy(levels: object) -> bool:
+    return level_problem(levels) is None
+
+
+def join_levels(levels: Sequence[str]) -> str:
+    return SEPARATOR.join(levels)
+
+
+def split_levels(text: str | None) -> list[str]:
+    """The levels of a SEPARATOR-joined text, each trimmed ([] for None or "")."""
+    return [t.strip() for t in text.split(SEPARATOR)] if text else []
 
 
 def _stem(word: str) -> str:
@@ -213,35 +241,3 @@ def _invalid_cause(exc: BaseException) -> HierarchyInvalid | None:
         if isinstance(ctx.get("error"), HierarchyInvalid):
             return ctx["error"]
     return None
-
-
-def kendall_tau(values: Sequence[float]) -> float:
-    """Kendall τ between `values` and their positions (1.0: strictly increasing)."""
-    n, concordant, discordant = len(values), 0, 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            concordant += values[j] > values[i]
-            discordant += values[j] < values[i]
-    pairs = n * (n - 1) / 2
-    return (concordant - discordant) / pairs if pairs else 0.0
-
-
-class EmbeddingScorer:
-    """Root-distance order of the levels under a frozen sentence encoder (MiniLM offline)."""
-
-    def __init__(self, model: str = "embedded:minilm", device: str = "auto") -> None:
-        from hiercaps_gen.encoders import get_embedder
-
-        self.embedder = get_embedder(model, device)
-        self.root = self.embedder.root()
-
-    def root_distances(self, hierarchies: Sequence[Sequence[str]]) -> np.ndarray:
-        """(n, levels) distances ‖e − r‖ of each level from the root."""
-        flat = [level for h in hierarchies for level in h]
-        if not flat:
-            return np.zeros((0, LEVELS))
-        vectors = self.embedder.encode(flat)
-        return np.linalg.norm(vectors - self.root, axis=1).reshape(len(hierarchies), -1)
-
-    def taus(self, hierarchies: Sequence[Sequence[str]]) -> list[float]:
-        return [kendall_tau(list(row)) for row in self.root_distances(hierarchies)]

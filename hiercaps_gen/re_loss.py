@@ -1,9 +1,8 @@
-"""Radial Embedding (RE) geometry and loss as pure torch functions (Alper & Averbuch-Elor, ECCV 2024).
+"""The Radial Embedding (RE) loss as pure torch functions (Alper & Averbuch-Elor, ECCV 2024).
 
-Embeddings are unit vectors; the root r is the embedding of the empty string under the encoder
-being trained. Generality is the distance to the root, and a text e' is "below" e when it lies in
-the cone at e that opens away from the root, i.e. when the exterior angle Ξ_r(e, e') between
-(e − r) and (e' − e) is small. Shapes: hierarchies are (B, levels, D), the root is (D,).
+The geometry it is built on (root distance, exterior angle) lives in `geometry.py`. Embeddings are
+unit vectors; the root is the embedding of "" under the encoder being trained. Shapes:
+hierarchies are (B, levels, D), the root is (D,).
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-COS_EPS = 1e-6  # keep arccos away from ±1, where its gradient is infinite
+from hiercaps_gen.geometry import hierarchy_angles
 
 
 class RELoss(NamedTuple):
@@ -23,32 +22,6 @@ class RELoss(NamedTuple):
     pull_back: torch.Tensor
     entailment: torch.Tensor
     hardest_pair: torch.Tensor
-
-
-def generality(e: torch.Tensor, root: torch.Tensor) -> torch.Tensor:
-    """‖e − r‖ over the last dimension: larger means more specific."""
-    return torch.linalg.vector_norm(e - root, dim=-1)
-
-
-def exterior_angle(e: torch.Tensor, e_child: torch.Tensor, root: torch.Tensor) -> torch.Tensor:
-    """Ξ_r(e, e') in radians: the angle between (e − r) and (e' − e); broadcasts over leading dims.
-
-    0 when e' continues straight away from the root through e, π when it points back at the root.
-    A zero vector (e' == e) has cosine 0 here, i.e. an angle of π/2.
-    """
-    cos = F.cosine_similarity(e - root, e_child - e, dim=-1, eps=1e-8)
-    return torch.arccos(cos.clamp(-1 + COS_EPS, 1 - COS_EPS))
-
-
-def hierarchy_angles(pos: torch.Tensor, neg: torch.Tensor, root: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positive angles Ξ(p_k, p_{k+1}) and negative angles Ξ(p_k, n_k), k = 1..L−1, each (B, L−1).
-
-    `neg` needs at least L−1 levels; n_L is not used by the loss.
-    """
-    levels = pos.shape[1]
-    positive = exterior_angle(pos[:, :-1], pos[:, 1:], root)
-    negative = exterior_angle(pos[:, : levels - 1], neg[:, : levels - 1], root)
-    return positive, negative
 
 
 def entailment_loss(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
@@ -83,8 +56,10 @@ def re_loss(
 ) -> RELoss:
     """λp · pull-back + λe · entailment + λm · hardest-pair for one batch of hierarchies.
 
-    pos (B, L, D) and neg (B, ≥L−1, D) come from the encoder being trained, root (D,) too; the
-    *_frozen tensors are the same texts under the frozen original encoder.
+    pos (B, L, D) and neg (B, L, D) come from the encoder being trained, root (D,) too; the
+    *_frozen tensors are the same texts under the frozen original encoder. As in the authors'
+    `batch2losses`, pull-back averages over all 2L texts (n_L included) while the angle terms use
+    n_1..n_{L−1} only.
     """
     positive, negative = hierarchy_angles(pos, neg, root)
     pull = pull_back_loss(torch.cat([pos.flatten(0, 1), neg.flatten(0, 1)]),

@@ -10,6 +10,7 @@ from pathlib import Path
 from hiercaps_gen.config import RunConfig, load_config
 from hiercaps_gen.hierarchy import CAPTION
 from hiercaps_gen.stages.base import Reject, ShardOutput, ShardStage
+from hiercaps_gen.stages.registry import StageSpec
 
 
 class LowercaseStage(ShardStage):
@@ -19,6 +20,7 @@ class LowercaseStage(ShardStage):
     input_stage = "ingest"
     config_section = "release"  # unrelated to ingest: upstream changes are seen only via checksums
     output_schema = CAPTION
+    spec = StageSpec("lowercase", reads=("release",), upstream=("ingest",))
 
     def process(self, rows, shard):
         if os.environ.get("KILL_AT") == shard:

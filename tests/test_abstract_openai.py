@@ -1,4 +1,4 @@
-"""`abstract --backend openai` against a real server process (hiercaps_gen.llm.server running the
+"""`abstract --backend openai` against a real server process (tests/llm_server.py running the
 embedded SmolLM2) that is killed mid-shard: the stage stops without writing the shard, and once the
 server is back the rerun finishes it, re-asking nothing the client had already received, losing
 and duplicating no caption."""

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from hiercaps_gen.config import PROFILES_DIR, ConfigError, RunConfig, load_config
+from hiercaps_gen.config import PROFILES_DIR, ConfigError, load_config
 
 
 @pytest.mark.parametrize("profile", sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
@@ -18,13 +18,6 @@ def test_fingerprint_follows_canonical_content(tmp_path: Path):
     b.write_text("ingest:\n  num_shards: 2\n  limit: 5\nseed: 1\n")  # same content, other order
     assert load_config(a).fingerprint() == load_config(b).fingerprint()
     assert load_config(a).fingerprint() != load_config(a).with_overrides({"seed": 2}).fingerprint()
-
-
-def test_stage_fingerprint_ignores_other_sections():
-    base = RunConfig()
-    changed = base.with_overrides({"negatives.candidates": 9})
-    assert base.stage_fingerprint("abstract") == changed.stage_fingerprint("abstract")
-    assert base.stage_fingerprint("negatives") != changed.stage_fingerprint("negatives")
 
 
 def test_unknown_keys_and_bad_values_are_clear_errors(tmp_path: Path):

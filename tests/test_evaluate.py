@@ -15,14 +15,8 @@ from scipy.stats import kendalltau
 
 from hiercaps_gen.config import RunConfig
 from hiercaps_gen.encoders import load_encoder
-from hiercaps_gen.stages.evaluate import (
-    d_corr,
-    evaluate,
-    kendall_tau_levels,
-    load_test_rows,
-    retrieve_hierarchy,
-    root_distances,
-)
+from hiercaps_gen.geometry import kendall_tau, root_distances, shows_order
+from hiercaps_gen.stages.evaluate import d_corr, evaluate, load_test_rows, retrieve_hierarchy
 from hiercaps_gen.stages.finetune import finetune
 from tests.test_finetune import HIERARCHIES, release_rows, tiny_clip_encoder, tiny_sentence_encoder, write_release
 
@@ -39,13 +33,20 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
     ],
 )
 def test_kendall_tau_hand_cases(distances: list[float], expected: float) -> None:
-    tau = kendall_tau_levels(np.array([distances], dtype=float))[0]
+    tau = kendall_tau(np.array([distances], dtype=float))[0]
     assert tau == pytest.approx(expected)
     assert tau == pytest.approx(kendalltau([1, 2, 3, 4], distances).statistic)
 
 
-def test_kendall_tau_all_tied_is_nan() -> None:
-    assert math.isnan(kendall_tau_levels(np.array([[2.0, 2.0, 2.0, 2.0]]))[0])
+def test_kendall_tau_all_tied_is_nan_and_fails_every_order_check() -> None:
+    assert math.isnan(kendall_tau(np.array([[2.0, 2.0, 2.0, 2.0]]))[0])
+    tied = float(kendall_tau([2.0, 2.0, 2.0, 2.0]))
+    assert not shows_order(tied, -1.0) and shows_order(float(kendall_tau([1, 3, 2, 4])), 0.6)
+
+
+def test_kendall_tau_rows_equal_one_row_at_a_time() -> None:
+    rows = np.random.default_rng(0).normal(size=(20, 4)).round(1)  # rounding makes some ties
+    assert np.allclose(kendall_tau(rows), [float(kendall_tau(r)) for r in rows])
 
 
 class AngleEncoder:

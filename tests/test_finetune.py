@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections import Counter
 from pathlib import Path
@@ -146,6 +147,56 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch(kind: str, tmp_path: Pat
         losses.append(loss.total.item())
     assert losses[0] == pytest.approx(batch_loss(frozen, frozen, batch, weights).total.item(), abs=1e-5)
     assert batch_loss(encoder, frozen, batch, weights).total.item() < losses[0] - 0.05
+
+
+def _authors_re_loss(encoder: TextEncoder, frozen: TextEncoder, batch: list, lambda_pull: float,
+                     lambda_entail: float, lambda_margin: float, pull_texts: int = 8) -> float:
+    """The paper's RE loss written out from its formula, one text at a time in float64 (no batching,
+    no shared code with re_loss.py): Ξ_r(e, e') = arccos cos(e − r, e' − e); P_k = Ξ(p_k, p_{k+1}),
+    N_k = Ξ(p_k, n_k), k = 1..3; pull-back averaged over all eight texts of each pair (the authors'
+    `batch2losses`, n_4 included). `pull_texts=7` is the old, wrong definition (n_4 left out)."""
+    def enc(model: TextEncoder, text: str) -> list[float]:
+        return [float(x) for x in model.encode([text])[0]]
+
+    def sub(a: list[float], b: list[float]) -> list[float]:
+        return [x - y for x, y in zip(a, b)]
+
+    def cos(a: list[float], b: list[float]) -> float:
+        dot = sum(x * y for x, y in zip(a, b))
+        return dot / max(math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)), 1e-8)
+
+    r = enc(encoder, "")
+
+    def xi(e: list[float], child: list[float]) -> float:
+        return math.acos(min(max(cos(sub(e, r), sub(child, e)), -1 + 1e-6), 1 - 1e-6))
+
+    P, N, sims = [], [], []
+    for h in batch:
+        p = [enc(encoder, t) for t in h.positive]
+        n = [enc(encoder, t) for t in h.negative]
+        P += [xi(p[k], p[k + 1]) for k in range(3)]
+        N += [xi(p[k], n[k]) for k in range(3)]
+        texts = list(h.positive) + list(h.negative)
+        sims += [cos(enc(encoder, t), enc(frozen, t)) for t in texts[:pull_texts]]
+    pull = (1 - sum(sims) / len(sims)) / 2
+    entail = sum(P) / len(P) - sum(N) / len(N)
+    i_max, i_min = max(range(len(P)), key=P.__getitem__), min(range(len(N)), key=N.__getitem__)
+    hardest = (P[i_max] - N[i_max]) + (P[i_min] - N[i_min])
+    return lambda_pull * pull + lambda_entail * entail + lambda_margin * hardest
+
+
+def test_batch_loss_equals_the_authors_formula(tmp_path: Path) -> None:
+    frozen = tiny_sentence_encoder(seed=0).eval()
+    encoder = tiny_sentence_encoder(seed=0).eval()
+    with torch.no_grad():
+        for i, p in enumerate(encoder.trainable_state().values()):
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
+    batch = next(epoch_batches(split_files(write_release(tmp_path, release_rows(8, "train")), "train"), 8, 100, 0, 0))
+    weights = lambdas(tiny_config())
+    got = batch_loss(encoder, frozen, batch, weights).total.item()
+    assert got == pytest.approx(_authors_re_loss(encoder, frozen, batch, **weights), abs=1e-4)
+    # The pull-back without n_4 is a different number on this batch: the check above can fail.
+    assert abs(got - _authors_re_loss(encoder, frozen, batch, **weights, pull_texts=7)) > 1e-3
 
 
 def test_clip_trains_only_its_text_path() -> None:

@@ -91,7 +91,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`python -m hiercaps_gen.llm.server` in a child process, on a fixed loopback port."""
+    """`python -m tests.llm_server` in a child process, on a fixed loopback port."""
 
     def __init__(self, model: str, port: int, request_log: Path, batch_size: int = 8, timeout_s: float = 120) -> None:
         self.model, self.port, self.request_log = model, port, request_log
@@ -105,7 +105,7 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "hiercaps_gen.llm.server", "--model", self.model, "--port", str(self.port),
+            [sys.executable, "-m", "tests.llm_server", "--model", self.model, "--port", str(self.port),
              "--device", "cpu", "--batch-size", str(self.batch_size), "--request-log", str(self.request_log)],
             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )

@@ -13,7 +13,7 @@ import uvicorn
 
 from hiercaps_gen.llm.base import BackendUnavailable, GenerationRequest, Sampling
 from hiercaps_gen.llm.openai_backend import OpenAIGenerator, chat_url
-from hiercaps_gen.llm.server import create_app
+from tests.llm_server import create_app
 from hiercaps_gen.llm.transformers_backend import TransformersGenerator
 from hiercaps_gen.llm.prompts import load_prompt
 

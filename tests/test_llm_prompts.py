@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hiercaps_gen.hierarchy import Checks, HierarchyInvalid, clean_level, kendall_tau, overlap, validate_hierarchy
+from hiercaps_gen.geometry import kendall_tau
+from hiercaps_gen.hierarchy import Checks, HierarchyInvalid, clean_level, overlap, validate_hierarchy
 from hiercaps_gen.llm.prompts import PromptError, load_prompt, parse_answer, quote_caption
 
 HOSTILE = [

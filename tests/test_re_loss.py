@@ -9,24 +9,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hiercaps_gen.re_loss import (
-    entailment_loss,
-    exterior_angle,
-    generality,
-    hardest_pair_loss,
-    hierarchy_angles,
-    pull_back_loss,
-    re_loss,
-)
+from hiercaps_gen.geometry import exterior_angle, hierarchy_angles, root_distance
+from hiercaps_gen.re_loss import entailment_loss, hardest_pair_loss, pull_back_loss, re_loss
 
 T = torch.tensor
 CLAMP_ATOL = 2e-3  # arccos is clamped at 1 - 1e-6, so a true 0 reads as ~1.4e-3
 
 
-def test_generality_is_distance_to_root() -> None:
+def test_root_distance_is_distance_to_root() -> None:
     root = T([0.0, 1.0])
     e = T([[1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
-    assert torch.allclose(generality(e, root), T([math.sqrt(2), 0.0, 2.0]))
+    assert torch.allclose(root_distance(e, root), T([math.sqrt(2), 0.0, 2.0]))
 
 
 @pytest.mark.parametrize(

@@ -128,13 +128,16 @@ def test_two_writers_of_one_version_one_wins(tmp_path):
 
 def test_lineage_names_every_model_a_run_used(tmp_path):
     from hiercaps_gen.release.write import run_lineage
-    from hiercaps_gen.files import atomic_write_json
+    from hiercaps_gen.stages.base import StageManifest
 
-    atomic_write_json(tmp_path / "abstract/manifest.json",
-                      {"fingerprint": "a", "stats": {"generator_model": "embedded:smollm2@abc", "prompts": 3}})
-    atomic_write_json(tmp_path / "train-ordering/manifest.json",
-                      {"fingerprint": "b", "base_model": "google/flan-t5-base", "model_hash": "123"})
-    atomic_write_json(tmp_path / "filter/manifest.json", {"fingerprint": "c", "config": {"encoder": "embedded:minilm"}})
+    def manifest(stage: str, fingerprint: str, **fields) -> None:
+        fields = {"config": {}, "stats": {}, **fields}
+        StageManifest(stage=stage, fingerprint=fingerprint, code_version="0", created_at="2026-01-01T00:00:00+00:00",
+                      totals={"in": 1, "accepted": 1, "rejected": 0}, **fields).write(tmp_path / stage)
+
+    manifest("abstract", "a", stats={"generator_model": "embedded:smollm2@abc", "prompts": 3})
+    manifest("train-ordering", "b", base_model="google/flan-t5-base", model_hash="123")
+    manifest("filter", "c", config={"encoder": "embedded:minilm"})
     assert run_lineage(tmp_path)["models"] == {
         "abstract.generator_model": "embedded:smollm2@abc",
         "train-ordering.model": "google/flan-t5-base@123",

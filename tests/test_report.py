@@ -21,7 +21,8 @@ from hiercaps_gen.cli import main as cli_main
 from hiercaps_gen.config import RunConfig
 from hiercaps_gen.encoders import get_embedder
 from hiercaps_gen.release import read_release, write_release
-from hiercaps_gen.report.report import Dataset, build_report, encoder_profile, sample_indices
+from hiercaps_gen.report.report import build_report
+from hiercaps_gen.report.statistics import Dataset, encoder_profile, sample_indices
 from hiercaps_gen.hierarchy import FILTERED
 
 from .conftest import synthetic_rows
@@ -216,3 +217,16 @@ def test_report_of_an_empty_release(tmp_path):
     assert summary["stats"]["release"]["rows"] == 0 and summary["encoder_profiles"]["release"]["d_corr"] is None
     assert "No stage lineage was recorded" in page.read_text()
     assert all((tmp_path / "out" / name).stat().st_size > 0 for name in FIGURES)
+
+
+def test_release_text_is_escaped_by_the_template(tmp_path):
+    rows = release_rows()[:2]
+    hostile = "<script>alert('x')</script> & a dog"
+    rows[0].update(id="<b>id</b>", positive=["animal", "dog", hostile, rows[0]["caption"]])
+    lineage = {"models": {"<i>role</i>": "m&m"}, "stages": {}}
+    release = write_release(pa.Table.from_pylist(rows, schema=FILTERED), RunConfig(), "0.1.0",
+                            tmp_path / "releases", lineage)
+    page = build_report(release, tmp_path / "out", sample_size=2, max_encoded_rows=2).read_text()
+    assert "<script>alert" not in page and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; a dog" in page
+    assert "<b>id</b>" not in page and "&lt;b&gt;id&lt;/b&gt;" in page
+    assert "<td>&lt;i&gt;role&lt;/i&gt;</td><td><code>m&amp;m</code></td>" in page

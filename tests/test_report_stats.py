@@ -11,7 +11,7 @@ from hiercaps_gen.release.card import render_card
 from hiercaps_gen.release.manifest import ReleaseManifest
 from hiercaps_gen.release.stats import funnel, funnel_gaps, hierarchy_stats, word_counts
 from hiercaps_gen.release.write import write_release
-from hiercaps_gen.report.report import read_reference, sample_indices
+from hiercaps_gen.report.statistics import read_reference, sample_indices
 from hiercaps_gen.hierarchy import FILTERED
 
 from .conftest import synthetic_rows
@@ -53,7 +53,7 @@ def test_word_counts_and_partial_coverage():
         "positive": pa.array([["thing", "red car", "a red car", "!!"]], LEVELS_T),
         "negative": pa.array([["thing", "blue car", "a blue boat", "a boat"]], LEVELS_T),
     })
-    assert word_counts(table["positive"].to_pylist()) == [[1], [2], [3], [1]]
+    assert word_counts(table["positive"].to_pylist()) == [[1], [2], [3], [0]]  # "!!" holds no word
     stats = hierarchy_stats(table)
     # "a red car" -> "!!" keeps no word; a punctuation-only upper level would count as contained
     assert stats["positive"]["containment"] == [0, 1, 0] and stats["positive"]["coverage"] == [0, 1, 0]

@@ -1,12 +1,14 @@
+import json
 import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from hiercaps_gen.config import RunConfig
 from hiercaps_gen.stages.ingest import run_ingest
-from hiercaps_gen.stages.base import read_stage_rows
+from hiercaps_gen.stages.base import StageError, load_manifest, read_stage_rows
 
 from .conftest import REPO
 
@@ -61,3 +63,14 @@ def test_changed_upstream_shard_is_redone(tmp_path):
     manifest = LowercaseStage(bigger, tmp_path).run()
     assert manifest["totals"]["in"] == 60
     assert len(read_stage_rows(tmp_path, "lowercase")) == manifest["totals"]["accepted"]
+
+
+def test_a_malformed_stage_manifest_is_a_clear_error(tmp_path):
+    sample = str(REPO / "data/coco_val2014_sample/captions.json")
+    run_ingest(RunConfig().with_overrides({"ingest.input": sample, "ingest.limit": 10}), tmp_path / "run")
+    path = tmp_path / "run" / "ingest" / "manifest.json"
+    data = json.loads(path.read_text())
+    del data["totals"]["accepted"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(StageError, match="not a stage manifest.*totals.*accepted"):
+        load_manifest(tmp_path / "run", "ingest")

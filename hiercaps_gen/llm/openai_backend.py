@@ -1,4 +1,4 @@
-"""Any OpenAI-compatible chat endpoint (`vllm serve` on one or many nodes, or `hiercaps_gen.llm.server`).
+"""Any OpenAI-compatible chat endpoint (`vllm serve` on one or many nodes, or the test server `tests/llm_server.py`).
 
 Requests run concurrently under a bound; each is retried on connection errors, timeouts, 408, 429
 and 5xx with capped exponential back-off and jitter (honouring Retry-After), moving to the next

@@ -9,9 +9,22 @@ import torch
 
 from hiercaps_gen.models import pick_device
 from hiercaps_gen.ordering.model import Seq2Seq, load
-from hiercaps_gen.ordering.tasks import ARROW, SEP, up_source
-from hiercaps_gen.stages.train_ordering import STAGE, model_dir
-from hiercaps_gen.stages.base import load_manifest
+from hiercaps_gen.hierarchy import SEPARATOR
+from hiercaps_gen.ordering.tasks import ARROW, up_source
+from hiercaps_gen.stages.base import load_manifest, stage_dir
+
+TRAIN_STAGE = "train-ordering"
+MODEL_DIR = "model"
+
+
+def model_dir(run_dir: Path) -> Path:
+    """Where train-ordering keeps the run's model."""
+    return stage_dir(run_dir, TRAIN_STAGE) / MODEL_DIR
+
+
+def trained_model_hash(run_dir: Path) -> str:
+    """Hash of the run's trained ordering model: stages that use it put it in their fingerprints."""
+    return load_manifest(run_dir, TRAIN_STAGE)["model_hash"]
 
 
 @dataclass
@@ -26,7 +39,7 @@ class OrderingModel:
 
     @classmethod
     def from_run(cls, run_dir: Path, device: str = "auto") -> OrderingModel:
-        manifest = load_manifest(run_dir, STAGE)
+        manifest = load_manifest(run_dir, TRAIN_STAGE)
         s2s = load(str(model_dir(run_dir)))
         where = pick_device(device)
         s2s.to(where).model.eval()
@@ -63,7 +76,7 @@ class OrderingModel:
         mask = generated != self.s2s.pad_id
         means = (torch.where(mask, steps, 0.0).sum(1) / mask.sum(1).clamp(min=1)).tolist()
         decoded = tok.batch_decode(out.sequences, skip_special_tokens=True, clean_up_tokenization_spaces=True)
-        pairs = [(ARROW.sub(SEP, t).strip(), m) for t, m in zip(decoded, means)]
+        pairs = [(ARROW.sub(SEPARATOR, t).strip(), m) for t, m in zip(decoded, means)]
         return [pairs[i * n : (i + 1) * n] for i in range(len(sources))]
 
     def ancestors(self, captions: list[str]) -> list[str]:

@@ -12,11 +12,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hiercaps_gen.hierarchy import ANYTHING, LEVELS
+from hiercaps_gen.hierarchy import ANYTHING, LEVELS, SEPARATOR
 
 DOWN = "generic to specific:"
 UP = "specific to generic:"
-SEP = " => "
 ARROW = re.compile(r"\s*=\s*>\s*")  # WordPiece decoding writes "=>" as "= >"
 
 
@@ -29,7 +28,7 @@ class Example:
 
 def down_source(prefix: Sequence[str]) -> str:
     """Prompt for the level after `prefix` (levels 1..k, possibly empty: the child of "anything")."""
-    return f"{DOWN} {SEP.join([ANYTHING, *prefix])}"
+    return f"{DOWN} {SEPARATOR.join([ANYTHING, *prefix])}"
 
 
 def up_source(caption: str) -> str:
@@ -37,7 +36,7 @@ def up_source(caption: str) -> str:
 
 
 def up_target(positive: Sequence[str]) -> str:
-    return SEP.join(reversed(list(positive[: LEVELS - 1])))
+    return SEPARATOR.join(reversed(list(positive[: LEVELS - 1])))
 
 
 def parse_up(text: str) -> list[str] | None:
@@ -46,14 +45,6 @@ def parse_up(text: str) -> list[str] | None:
     if len(parts) != LEVELS - 1 or not all(parts):
         return None
     return parts[::-1]
-
-
-def is_hierarchy(positive: object) -> bool:
-    return (
-        isinstance(positive, (list, tuple))
-        and len(positive) == LEVELS
-        and all(isinstance(p, str) and p.strip() for p in positive)
-    )
 
 
 def examples(row_id: str, positive: Sequence[str]) -> list[Example]:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from hiercaps_gen.release.read import read_release
 from hiercaps_gen.files import atomic_write_bytes
+from hiercaps_gen.hierarchy import join_levels
 
-LEVEL_SEPARATOR = " => "
 FORMATS = ("hierarcaps-csv",)
 
 
@@ -20,7 +20,7 @@ def export_hierarcaps_csv(release_dir: Path, out_file: Path, split: str | None =
     writer.writerow(["positive", "negative", "image_url"])
     rows = 0
     for row in read_release(release_dir, split, columns=["positive", "negative", "image_url"]).to_pylist():
-        writer.writerow([LEVEL_SEPARATOR.join(row["positive"]), LEVEL_SEPARATOR.join(row["negative"]), row["image_url"]])
+        writer.writerow([join_levels(row["positive"]), join_levels(row["negative"]), row["image_url"]])
         rows += 1
     atomic_write_bytes(Path(out_file), buffer.getvalue().encode("utf-8"))
     return rows

@@ -20,11 +20,11 @@ from typing import Any
 
 import pyarrow as pa
 
+from hiercaps_gen.hierarchy import LEVELS, dedup_key, word_count
 from hiercaps_gen.release.manifest import ReleaseManifest
-from hiercaps_gen.hierarchy import LEVELS, dedup_key
+from hiercaps_gen.stages.registry import NAMES
 
-# Pipeline order (write.LINEAGE_STAGES; not imported: the writer imports the card, which imports this).
-STAGE_ORDER = ("ingest", "abstract", "train-ordering", "negatives", "filter")
+STAGE_ORDER = NAMES  # pipeline order, from the stage registry
 ROW_PATH = ("ingest", "abstract", "negatives", "filter", "release")  # stages rows flow through, in order
 _WORD = re.compile(r"\w+")
 
@@ -40,7 +40,7 @@ def chains(table: pa.Table, column: str) -> list[list[str]]:
 
 def word_counts(hierarchies: list[list[str]]) -> list[list[int]]:
     """Words of each level: one list per level (level 1 first), one entry per hierarchy."""
-    return [[len(h[level].split()) for h in hierarchies] for level in range(LEVELS)]
+    return [[word_count(h[level]) for h in hierarchies] for level in range(LEVELS)]
 
 
 def _mean(values: list[float]) -> float | None:
@@ -87,6 +87,11 @@ def column_stats(hierarchies: list[list[str]]) -> dict[str, Any]:
         "repeated_adjacent": repeated_adjacent(hierarchies),
         "distinct_level1": len({dedup_key(h[0]) for h in hierarchies}),
     }
+
+
+def level_profile(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Words per level and level-k-in-level-k+1 containment of both sides (stage manifests)."""
+    return {side: column_stats([r[side] for r in rows]) for side in ("positive", "negative") if rows}
 
 
 def hierarchy_stats(table: pa.Table) -> dict[str, Any]:

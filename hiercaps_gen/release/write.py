@@ -33,9 +33,10 @@ from hiercaps_gen.release.manifest import SEMVER, SPLITS, ColumnType, ReleaseFil
 from hiercaps_gen.release.read import ReleaseError, verify_release
 from hiercaps_gen.hierarchy import FILTERED, LEVELS, RELEASE
 from hiercaps_gen.files import atomic_write_bytes, write_parquet
-from hiercaps_gen.stages.base import load_manifest, read_stage_rows
+from hiercaps_gen.stages.base import MANIFEST, load_manifest, read_stage_rows, stage_dir
+from hiercaps_gen.stages.registry import NAMES
 
-LINEAGE_STAGES = ("ingest", "abstract", "train-ordering", "negatives", "filter")
+LINEAGE_STAGES = NAMES  # the stage registry, in pipeline order (distill included)
 
 
 def check_version(version: str) -> str:
@@ -168,10 +169,9 @@ def run_lineage(run_dir: Path) -> dict[str, Any]:
     stages: dict[str, StageLineage] = {}
     models: dict[str, str] = {}
     for stage in LINEAGE_STAGES:
-        try:
-            manifest = load_manifest(run_dir, stage)
-        except RuntimeError:
-            continue
+        if not (stage_dir(run_dir, stage) / MANIFEST).exists():
+            continue  # a stage this run did not use (distill off); a malformed manifest is an error
+        manifest = load_manifest(run_dir, stage)
         stages[stage] = StageLineage(
             fingerprint=manifest["fingerprint"], totals=manifest.get("totals", {}), stats=manifest.get("stats", {})
         )

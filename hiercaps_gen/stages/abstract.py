@@ -25,8 +25,10 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from hiercaps_gen.config import RunConfig
+from hiercaps_gen.encoders import EmbeddingScorer
+from hiercaps_gen.geometry import shows_order
 from hiercaps_gen.hierarchy import (
-    LEVELS, POSITIVE, Checks, EmbeddingScorer, HierarchyInvalid, PositiveHierarchy, validate_hierarchy, words,
+    LEVELS, POSITIVE, Checks, HierarchyInvalid, PositiveHierarchy, validate_hierarchy, words,
 )
 from hiercaps_gen.llm.base import Generation, GenerationRequest, Generator, Sampling
 from hiercaps_gen.llm.cache import CachedGenerator, LLMCache
@@ -35,12 +37,6 @@ from hiercaps_gen.llm.prompts import PromptError, load_prompt, parse_answer
 from hiercaps_gen.stages.base import Reject, Resources, ShardOutput, ShardStage, StageError, load_manifest, stage_dir
 
 CACHE_FILE = "cache.sqlite"
-# LLM settings that change how calls are made, not what they return: kept out of the fingerprint,
-# so pointing at another server or raising concurrency does not redo finished shards.
-OPERATIONAL = ("base_urls", "api_key_env", "concurrency", "timeout_s", "max_retries", "gpu_memory_utilization",
-               "batch_size", "prefix_cache", "threads")
-
-
 STAT_KEYS = ("captions", "prompts", "backend_prompts", "cache_hits", "prompt_tokens", "generated_tokens",
              "cached_tokens", "generate_seconds")
 
@@ -74,12 +70,9 @@ class AbstractStage(ShardStage):
         self._started = time.perf_counter()
         self.load_seconds = 0.0
 
-    def fingerprint(self) -> str:
-        section = self.settings.model_dump(mode="json")
-        for key in OPERATIONAL:
-            section["llm"].pop(key)
-        payload = {"seed": self.config.seed, "abstract": section, "prompt_hash": self.template.hash}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    def fingerprint_inputs(self) -> dict[str, Any]:
+        """The prompt file's hash and the generator's identity (a weights hash for local models)."""
+        return {"prompt_hash": self.template.hash, "generator_model": self.model_id}
 
     # -- resources -----------------------------------------------------------------------------
 
@@ -102,7 +95,7 @@ class AbstractStage(ShardStage):
     @property
     def scorer(self) -> EmbeddingScorer:
         if self._scorer is None:
-            self._scorer = EmbeddingScorer()
+            self._scorer = EmbeddingScorer(self.settings.embedding_encoder)
         return self._scorer
 
     def close(self) -> None:
@@ -252,7 +245,7 @@ class AbstractStage(ShardStage):
             valid = [i for i, v in enumerate(verdicts) if isinstance(v, PositiveHierarchy)]
             taus = self.scorer.taus([verdicts[i].levels for i in valid])  # type: ignore[union-attr]
             for i, tau in zip(valid, taus, strict=True):
-                scores[i] = None if tau < self.settings.embedding_min_tau else (scores[i] or 0.0) + tau
+                scores[i] = (scores[i] or 0.0) + tau if shows_order(tau, self.settings.embedding_min_tau) else None
         return scores
 
     # -- accounting ------------------------------------------------------------------------------

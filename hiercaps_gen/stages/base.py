@@ -1,6 +1,6 @@
 """Shard-parallel stages: what a stage declares, and the runner that makes it resumable.
 
-Layout of one stage under a run directory (the DESIGN.md contract):
+Layout of one stage under a run directory (the run-directory contract, docs/architecture.md):
 
     RUN/<stage>/part-00000.parquet          accepted rows
     RUN/<stage>/rejects/part-00000.parquet  rejected rows, each with its reason
@@ -26,17 +26,77 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hiercaps_gen import __version__
 from hiercaps_gen.config import RunConfig
 from hiercaps_gen.hierarchy import REJECT
 from hiercaps_gen.files import FileEntry, atomic_write_json, read_json, verify, write_parquet
+from hiercaps_gen.stages.registry import SPECS, StageSpec
 
 MANIFEST = "manifest.json"
 
 
 class StageError(RuntimeError):
     """A stage cannot run: missing upstream output, inconsistent counts."""
+
+
+class FileRecord(BaseModel):
+    """A file a stage wrote (`files.FileEntry` as JSON)."""
+
+    path: str
+    rows: int
+    bytes: int
+    sha256: str
+
+
+class ShardRecord(BaseModel):
+    """The completion record of one shard (`_done/<shard>.json`), also listed in the manifest."""
+
+    name: str
+    fingerprint: str
+    input_sha256: str | None
+    in_rows: int
+    output: FileRecord
+    rejects: FileRecord
+    reasons: dict[str, int]
+    stats: dict[str, Any]
+    seconds: float
+
+
+class Totals(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    in_: int = Field(alias="in")
+    accepted: int
+    rejected: int
+    reasons: dict[str, int] = Field(default_factory=dict)
+
+
+class StageManifest(BaseModel):
+    """`RUN/<stage>/manifest.json`, written last: it proves the stage complete. Shard-parallel
+    stages list their shards; a stage that trains a model (train-ordering) names its files."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str
+    fingerprint: str
+    code_version: str
+    created_at: str
+    config: dict[str, Any]
+    totals: Totals
+    stats: dict[str, Any]
+    shards: list[ShardRecord] = Field(default_factory=list)
+    acceptance: float | None = None
+    base_model: str | None = None
+    model_dir: str | None = None
+    model_hash: str | None = None
+    files: dict[str, str] | None = None
+
+    def write(self, directory: Path) -> dict[str, Any]:
+        data = self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        atomic_write_json(directory / MANIFEST, data)
+        return data
 
 
 @dataclass(frozen=True)
@@ -89,10 +149,17 @@ def stage_dir(run_dir: Path, stage: str) -> Path:
 
 
 def load_manifest(run_dir: Path, stage: str) -> dict[str, Any]:
+    """A completed stage's manifest, checked against `StageManifest` (returned as JSON data)."""
     path = stage_dir(run_dir, stage) / MANIFEST
     if not path.exists():
         raise StageError(f"stage '{stage}' has not completed in {run_dir} (no {path.name}); run it first")
-    return read_json(path)
+    data = read_json(path)
+    try:
+        StageManifest.model_validate(data)
+    except ValidationError as exc:
+        raise StageError(f"{path} is not a stage manifest ({exc.error_count()} problems: "
+                         f"{exc.errors()[0]['loc']} {exc.errors()[0]['msg']}); rerun '{stage}'") from None
+    return data
 
 
 def read_stage_rows(run_dir: Path, stage: str, shard: str | None = None) -> list[dict[str, Any]]:
@@ -184,19 +251,17 @@ def write_stage_manifest(
     if totals["in"] != totals["accepted"] + totals["rejected"]:
         raise StageError(f"{stage}: in={totals['in']} != accepted+rejected; refusing to write manifest")
     seconds = sum(r["seconds"] for r in records)
-    manifest = {
-        "stage": stage,
-        "fingerprint": fingerprint,
-        "code_version": __version__,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": config_section,
-        "shards": sorted(records, key=lambda r: r["name"]),
-        "totals": totals,
-        "acceptance": totals["accepted"] / totals["in"] if totals["in"] else None,
-        "stats": {**dict(stats), "shard_seconds": seconds, **(summary or {})},
-    }
-    atomic_write_json(directory / MANIFEST, manifest)
-    return manifest
+    return StageManifest(
+        stage=stage,
+        fingerprint=fingerprint,
+        code_version=__version__,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        config=config_section,
+        shards=sorted(records, key=lambda r: r["name"]),
+        totals=totals,
+        acceptance=totals["accepted"] / totals["in"] if totals["in"] else None,
+        stats={**dict(stats), "shard_seconds": seconds, **(summary or {})},
+    ).write(directory)
 
 
 class ShardStage(ABC):
@@ -216,8 +281,17 @@ class ShardStage(ABC):
     def directory(self) -> Path:
         return stage_dir(self.run_dir, self.name)
 
+    @property
+    def spec(self) -> StageSpec:
+        return SPECS[self.name]
+
     def fingerprint(self) -> str:
-        return self.config.stage_fingerprint(self.config_section)
+        """The registry's recipe over this stage's config and `fingerprint_inputs`."""
+        return self.spec.fingerprint(self.config, **self.fingerprint_inputs())
+
+    def fingerprint_inputs(self) -> dict[str, Any]:
+        """Inputs other than config and the per-shard upstream checksum (model hashes, prompts)."""
+        return {}
 
     @abstractmethod
     def process(self, rows: list[dict[str, Any]], shard: str) -> ShardOutput:

@@ -12,7 +12,6 @@ positive_origin "distilled" and the ordering model's hash as their generator; sh
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from functools import cached_property
@@ -23,11 +22,12 @@ import pyarrow.parquet as pq
 
 from hiercaps_gen import hierarchy
 from hiercaps_gen.config import RunConfig
-from hiercaps_gen.hierarchy import Checks, EmbeddingScorer, HierarchyInvalid, validate_hierarchy
-from hiercaps_gen.ordering.generate import OrderingModel
+from hiercaps_gen.encoders import EmbeddingScorer
+from hiercaps_gen.geometry import shows_order
+from hiercaps_gen.hierarchy import Checks, HierarchyInvalid, validate_hierarchy
+from hiercaps_gen.ordering.generate import OrderingModel, trained_model_hash
 from hiercaps_gen.ordering.model import torch_threads
 from hiercaps_gen.ordering.tasks import parse_up
-from hiercaps_gen.stages.train_ordering import trained_model_hash
 from hiercaps_gen.files import verify
 from hiercaps_gen.stages.base import (
     Reject, Resources, ShardOutput, ShardStage, StageError, completed_record, stage_dir, write_shard,
@@ -48,12 +48,9 @@ class DistillStage(ShardStage):
     def ordering_hash(self) -> str:
         return trained_model_hash(self.run_dir)
 
-    def fingerprint(self) -> str:
-        """Ordering settings, the model that writes, and the checks that judge (abstract's)."""
-        a = self.config.abstract
-        checks = f"{a.max_level1_words}:{a.min_overlap}:{a.embedding_check}:{a.embedding_min_tau}"
-        payload = f"{super().fingerprint()}:{self.ordering_hash()}:{checks}"
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    def fingerprint_inputs(self) -> dict[str, Any]:
+        """The model that writes (the checks that judge, abstract's, are in the registry's `reads`)."""
+        return {"ordering_model": self.ordering_hash()}
 
     @cached_property
     def model(self) -> OrderingModel:
@@ -101,11 +98,11 @@ class DistillStage(ShardStage):
             except HierarchyInvalid as exc:
                 rejects.append(Reject(row, exc.reason, f"{exc.detail}; output {text!r}"))
         if a.embedding_check and candidates:
-            scorer = EmbeddingScorer(self.config.filter.encoder, self.config.ordering.device)
+            scorer = EmbeddingScorer(a.embedding_encoder, self.config.ordering.device)
             taus = scorer.taus([levels for _, levels in candidates])
             kept = []
             for (row, levels), tau in zip(candidates, taus):
-                if tau < a.embedding_min_tau:
+                if not shows_order(tau, a.embedding_min_tau):
                     detail = f"root-distance tau {tau:.2f} < {a.embedding_min_tau}"
                     rejects.append(Reject(row, "embedding_order", detail))
                 else:

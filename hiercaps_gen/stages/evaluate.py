@@ -8,8 +8,7 @@
   positive texts of the test set); under each threshold take the candidate most similar to the
   image; the de-duplicated picks are the retrieved hierarchy, compared with the row's chain.
 
-`root_distances` and `d_corr` take any object with `encode(texts) -> unit vectors` (a
-`TextEncoder` or `embedding.TextEmbedder`), so reports can reuse them.
+Root distances and τ come from `geometry.py`, shared with the checks, the filter and the report.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -26,25 +25,15 @@ import pyarrow.parquet as pq
 
 from hiercaps_gen.encoders import TextEncoder, load_encoder
 from hiercaps_gen.files import atomic_write_bytes, atomic_write_json
-from hiercaps_gen.hierarchy import LEVELS
+from hiercaps_gen.geometry import Encodes, kendall_tau, root_distance, root_distances
+from hiercaps_gen.hierarchy import LEVELS, is_hierarchy, split_levels
 from hiercaps_gen.release.read import split_files
-
-CSV_SEPARATOR = " => "
-
-
-class Encodes(Protocol):
-    def encode(self, texts: list[str]) -> Any: ...
-
 
 @dataclass(frozen=True)
 class TestRow:
     positive: tuple[str, ...]
     negative: tuple[str, ...]
     image_url: str
-
-
-def _valid(levels: Any) -> bool:
-    return levels is not None and len(levels) == LEVELS and all(isinstance(t, str) and t.strip() for t in levels)
 
 
 def load_test_rows(path: Path, limit: int | None = None) -> tuple[list[TestRow], int]:
@@ -55,7 +44,7 @@ def load_test_rows(path: Path, limit: int | None = None) -> tuple[list[TestRow],
     if path.suffix in (".csv", ".gz"):
         table = pacsv.read_csv(path)
         records = [
-            {"positive": p.split(CSV_SEPARATOR), "negative": n.split(CSV_SEPARATOR) if n else None, "image_url": u}
+            {"positive": split_levels(p), "negative": split_levels(n) or None, "image_url": u}
             for p, n, u in zip(*(table.column(c).to_pylist() for c in ("positive", "negative", "image_url")))
         ]
     else:
@@ -63,7 +52,7 @@ def load_test_rows(path: Path, limit: int | None = None) -> tuple[list[TestRow],
                    pq.read_table(f, columns=["positive", "negative", "image_url"]).to_pylist()]
     rows, skipped = [], 0
     for record in records[:limit] if limit else records:
-        if not (_valid(record["positive"]) and _valid(record["negative"])):
+        if not (is_hierarchy(record["positive"]) and is_hierarchy(record["negative"])):
             skipped += 1
             continue
         rows.append(TestRow(tuple(record["positive"]), tuple(record["negative"]), record["image_url"] or ""))
@@ -75,28 +64,9 @@ def _unit_np(vectors: Any) -> np.ndarray:
     return array.astype(np.float64)
 
 
-def root_distances(encoder: Encodes, chains: list[list[str]] | list[tuple[str, ...]]) -> np.ndarray:
-    """‖e − r‖ for every text of every chain: shape (chains, levels); each distinct text encoded once."""
-    unique = sorted({t for chain in chains for t in chain})
-    emb = _unit_np(encoder.encode(unique + [""]))
-    dist = dict(zip(unique, np.linalg.norm(emb[:-1] - emb[-1], axis=1)))
-    return np.array([[dist[t] for t in chain] for chain in chains], dtype=np.float64)
-
-
-def kendall_tau_levels(distances: np.ndarray) -> np.ndarray:
-    """Kendall τ-b of each row against 1..L (levels have no ties); NaN where all distances tie."""
-    n = distances.shape[1]
-    i, j = np.triu_indices(n, k=1)
-    signs = np.sign(distances[:, j] - distances[:, i])
-    pairs = n * (n - 1) / 2
-    untied = (signs != 0).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(untied > 0, signs.sum(axis=1) / np.sqrt(pairs * untied), np.nan)
-
-
 def d_corr(encoder: Encodes, chains: list[list[str]] | list[tuple[str, ...]]) -> float:
     """Mean over chains of Kendall τ between level and root distance (the paper's d_corr)."""
-    return float(np.nanmean(kendall_tau_levels(root_distances(encoder, chains))))
+    return float(np.nanmean(kendall_tau(root_distances(encoder, chains))))
 
 
 def retention(encoder: Encodes, original: Encodes, texts: list[str]) -> float:
@@ -126,7 +96,7 @@ def retrieval_metrics(encoder: TextEncoder | _Memo, rows: list[TestRow], images_
 
     candidates = sorted({t for r in rows for t in r.positive})
     emb = _unit_np(encoder.encode(candidates + [""]))
-    cand, cand_dist = emb[:-1], np.linalg.norm(emb[:-1] - emb[-1], axis=1)
+    cand, cand_dist = emb[:-1], root_distance(emb[:-1], emb[-1])
     urls = sorted({r.image_url for r in rows if r.image_url and image_file(images_dir, r.image_url).is_file()})
     if not urls:
         return {"images": 0, "rows": 0, "missing_rows": len(rows), "precision": None, "recall": None}
@@ -165,7 +135,7 @@ def encoder_metrics(encoder: TextEncoder | _Memo, rows: list[TestRow], images_di
     """d_corr and the per-level root-distance profile (positives and negatives) of one encoder."""
     pos = root_distances(encoder, [r.positive for r in rows])
     neg = root_distances(encoder, [r.negative for r in rows])
-    taus = kendall_tau_levels(pos)
+    taus = kendall_tau(pos)
     metrics: dict[str, Any] = {
         "d_corr": float(np.nanmean(taus)),
         "d_corr_std": float(np.nanstd(taus)),

@@ -24,12 +24,11 @@ import torch
 from hiercaps_gen import hierarchy
 from hiercaps_gen.config import FilterConfig
 from hiercaps_gen.encoders import get_embedder
-from hiercaps_gen.hierarchy import dedup_key, kendall_tau
+from hiercaps_gen.geometry import hierarchy_angles, kendall_tau, root_distance, shows_order
+from hiercaps_gen.hierarchy import dedup_key, is_hierarchy
 from hiercaps_gen.models import pick_device, resolve
-from hiercaps_gen.stages.negatives import level_profile
 from hiercaps_gen.ordering.model import torch_threads
-from hiercaps_gen.ordering.tasks import is_hierarchy
-from hiercaps_gen.re_loss import hierarchy_angles
+from hiercaps_gen.release.stats import level_profile
 from hiercaps_gen.stages.base import Reject, Resources, ShardOutput, ShardStage
 
 LEVELS = hierarchy.LEVELS
@@ -46,8 +45,8 @@ class Scorer(Protocol):
     def judge(self, positives: list[list[str]], negatives: list[list[str]]) -> list[Verdict]: ...
 
 
-class EmbeddingScorer:
-    """Offline scorer on the MiniLM Radial-Embedding geometry (no trained NLI model needed)."""
+class EmbeddingJudge:
+    """Offline scorer on the Radial-Embedding geometry of `filter.encoder` (no NLI model needed)."""
 
     def __init__(self, cfg: FilterConfig, device: str = "auto") -> None:
         self.cfg = cfg
@@ -57,14 +56,15 @@ class EmbeddingScorer:
         n = len(positives)
         vecs = self.embedder.encode([t for h in positives + negatives for t in h]).reshape(2 * n, LEVELS, -1)
         pos, neg, root = vecs[:n], vecs[n:], self.embedder.root()
-        dist = np.linalg.norm(pos - root, axis=-1)
+        dist = root_distance(pos, root)
+        taus = kendall_tau(dist)
         sim = (pos * neg).sum(-1)
         positive_angle, negative_angle = hierarchy_angles(*(torch.from_numpy(a) for a in (pos, neg, root)))
         margin = (negative_angle - positive_angle).mean(-1).numpy()
         out = []
         for i in range(n):
-            tau = kendall_tau(dist[i].tolist())
-            if tau < self.cfg.min_positive_order:
+            tau = float(taus[i])
+            if not shows_order(tau, self.cfg.min_positive_order):
                 reason, detail = "positive_order", f"tau={tau:.2f} root distances={np.round(dist[i], 3).tolist()}"
             elif sim[i].max() >= self.cfg.max_negative_similarity:
                 k = int(sim[i].argmax())
@@ -122,7 +122,7 @@ class NLIScorer:
         return out
 
 
-SCORERS: dict[str, type] = {"embedding": EmbeddingScorer, "nli": NLIScorer}
+SCORERS: dict[str, type] = {"embedding": EmbeddingJudge, "nli": NLIScorer}
 
 
 def lexical_problem(row: dict[str, Any]) -> tuple[str, str] | None:

@@ -38,13 +38,12 @@ from hiercaps_gen.encoders import TextEncoder, load_encoder
 from hiercaps_gen.models import pick_device
 from hiercaps_gen.release.read import split_files
 from hiercaps_gen.re_loss import RELoss, re_loss
-from hiercaps_gen.hierarchy import LEVELS
+from hiercaps_gen.hierarchy import LEVELS, level_problem
 from hiercaps_gen.files import atomic_write_json, read_json, sha256_file
 
 T = TypeVar("T")
 U = TypeVar("U")
 READ_BATCH_ROWS = 1024
-NEG_LEVELS = LEVELS - 1  # n_4 is not used by the loss, so it is not encoded
 LOG_FLUSH_STEPS = 16  # on an accelerator, losses stay there between flushes: no sync per step
 
 
@@ -59,23 +58,14 @@ class Hierarchy:
     negative: tuple[str, ...]
 
 
-def _invalid(levels: Any) -> str | None:
-    """Why a level list cannot train (None when it can)."""
-    if levels is None or len(levels) != LEVELS:
-        return "not_4_levels"
-    if any(not isinstance(t, str) or not t.strip() for t in levels):
-        return "empty_level"
-    return None
-
-
 def iter_hierarchies(files: list[Path], skipped: Counter[str] | None = None) -> Iterator[Hierarchy]:
     """Stream valid hierarchies from Parquet files; invalid rows are counted in `skipped` by reason."""
     for file in files:
         reader = pq.ParquetFile(file)
         for batch in reader.iter_batches(batch_size=READ_BATCH_ROWS, columns=["id", "positive", "negative"]):
             for row in batch.to_pylist():
-                reason = _invalid(row["positive"]) and f"positive_{_invalid(row['positive'])}"
-                reason = reason or (_invalid(row["negative"]) and f"negative_{_invalid(row['negative'])}")
+                reason = level_problem(row["positive"]) and f"positive_{level_problem(row['positive'])}"
+                reason = reason or (level_problem(row["negative"]) and f"negative_{level_problem(row['negative'])}")
                 if reason:
                     if skipped is not None:
                         skipped[reason] += 1
@@ -116,8 +106,11 @@ def epoch_batches(files: list[Path], batch_size: int, buffer: int, seed: int, ep
 
 
 def batch_texts(batch: list[Hierarchy]) -> list[str]:
-    """All positives, then negatives 1..3, then the empty string (the root) last."""
-    return [t for h in batch for t in h.positive] + [t for h in batch for t in h.negative[:NEG_LEVELS]] + [""]
+    """All positives, then all four negatives, then the empty string (the root) last.
+
+    n_4 takes no part in the angle terms but is encoded all the same: the authors' pull-back
+    averages over all eight texts of a hierarchy pair (docs/decisions.md, "RE loss")."""
+    return [t for h in batch for t in h.positive] + [t for h in batch for t in h.negative] + [""]
 
 
 def batch_loss(encoder: TextEncoder, frozen: TextEncoder, batch: list[Hierarchy], lambdas: dict[str, float],
@@ -129,8 +122,8 @@ def batch_loss(encoder: TextEncoder, frozen: TextEncoder, batch: list[Hierarchy]
     emb = encoder.encode_tokens(tokens)
     with torch.no_grad():
         ref = frozen.encode_tokens({k: v[:-1] for k, v in tokens.items()})
-    pos, neg = emb[:n_pos].view(size, LEVELS, -1), emb[n_pos:-1].view(size, NEG_LEVELS, -1)
-    pos_ref, neg_ref = ref[:n_pos].view(size, LEVELS, -1), ref[n_pos:].view(size, NEG_LEVELS, -1)
+    pos, neg = emb[:n_pos].view(size, LEVELS, -1), emb[n_pos:-1].view(size, LEVELS, -1)
+    pos_ref, neg_ref = ref[:n_pos].view(size, LEVELS, -1), ref[n_pos:].view(size, LEVELS, -1)
     return re_loss(pos, neg, emb[-1], pos_ref, neg_ref, **lambdas)
 
 

@@ -31,6 +31,7 @@ from hiercaps_gen.stages.base import (
     write_shard,
     write_stage_manifest,
 )
+from hiercaps_gen.stages.registry import SPECS
 
 STAGE = "ingest"
 Record = dict[str, Any]
@@ -180,6 +181,11 @@ def sample(rows: list[Record], limit: int | None, seed: int) -> tuple[list[Recor
     return kept, dropped
 
 
+def fingerprint(config: RunConfig, run_dir: Path | None = None) -> str:
+    """Ingest's config only: its input file is checked per shard by checksum."""
+    return SPECS[STAGE].fingerprint(config)
+
+
 def run_ingest(config: RunConfig, run_dir: Path) -> dict[str, Any]:
     """Ingest `config.ingest.input` into RUN/ingest/; a rerun with the same input and config is a no-op."""
     cfg = config.ingest
@@ -189,13 +195,13 @@ def run_ingest(config: RunConfig, run_dir: Path) -> dict[str, Any]:
     if not path.exists():
         raise IngestError(f"input {path} does not exist")
     directory = stage_dir(Path(run_dir), STAGE)
-    fingerprint = config.stage_fingerprint("ingest")
+    fp = fingerprint(config)
     input_sha = sha256_file(path) if path.is_file() else _sha(str(sorted(p.name for p in path.iterdir())), 64)
     names = [shard_name(i) for i in range(cfg.num_shards)]
     if (directory / "manifest.json").exists():
         manifest = load_manifest(Path(run_dir), STAGE)
-        if manifest["fingerprint"] == fingerprint and all(
-            completed_record(directory, n, fingerprint, input_sha) for n in names
+        if manifest["fingerprint"] == fp and all(
+            completed_record(directory, n, fp, input_sha) for n in names
         ):
             return manifest
 
@@ -215,11 +221,11 @@ def run_ingest(config: RunConfig, run_dir: Path) -> dict[str, Any]:
     seconds = (time.perf_counter() - start) / len(names)
     records = [
         write_shard(directory, STAGE, name, CAPTION, out, in_rows=len(out.rows) + len(out.rejects),
-                    fingerprint=fingerprint, input_sha256=input_sha, seconds=seconds)
+                    fingerprint=fp, input_sha256=input_sha, seconds=seconds)
         for name, out in zip(names, outputs)
     ]
     for stale in (directory / "_done").glob("*.json"):
         if stale.stem not in names:
             stale.unlink()
     summary = {"input": str(path), "input_sha256": input_sha, "source": cfg.source}
-    return write_stage_manifest(directory, STAGE, fingerprint, cfg.model_dump(mode="json"), records, summary)
+    return write_stage_manifest(directory, STAGE, fp, cfg.model_dump(mode="json"), records, summary)

@@ -21,13 +21,12 @@ import numpy as np
 
 from hiercaps_gen import hierarchy
 from hiercaps_gen.encoders import get_embedder
-from hiercaps_gen.ordering.generate import OrderingModel
+from hiercaps_gen.ordering.generate import OrderingModel, trained_model_hash
 from hiercaps_gen.ordering.model import torch_threads
-from hiercaps_gen.ordering.tasks import ARROW, down_source, is_hierarchy
-from hiercaps_gen.hierarchy import dedup_key, word_count
-from hiercaps_gen.release.stats import column_stats
+from hiercaps_gen.hierarchy import dedup_key, is_hierarchy, word_count
+from hiercaps_gen.ordering.tasks import ARROW, down_source
+from hiercaps_gen.release.stats import level_profile
 from hiercaps_gen.stages.base import Reject, Resources, ShardOutput, ShardStage, load_manifest
-from hiercaps_gen.stages.train_ordering import trained_model_hash
 
 LEVELS = hierarchy.LEVELS
 DISTILL_STAGE = "distill"
@@ -35,11 +34,6 @@ DISTILL_STAGE = "distill"
 
 def _seed(*parts: object) -> int:
     return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16)
-
-
-def level_profile(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Words per level and level-k-in-level-k+1 containment of both sides (stage manifests)."""
-    return {side: column_stats([r[side] for r in rows]) for side in ("positive", "negative") if rows}
 
 
 class NegativesStage(ShardStage):
@@ -52,9 +46,9 @@ class NegativesStage(ShardStage):
     def ordering_hash(self) -> str:
         return trained_model_hash(self.run_dir)
 
-    def fingerprint(self) -> str:
-        """Includes the ordering model's hash: a retrained model redoes every shard."""
-        return hashlib.sha256(f"{super().fingerprint()}:{self.ordering_hash()}".encode()).hexdigest()[:16]
+    def fingerprint_inputs(self) -> dict[str, Any]:
+        """The ordering model's hash: a retrained model redoes every shard."""
+        return {"ordering_model": self.ordering_hash()}
 
     def shards(self) -> list[dict[str, Any]]:
         """The abstract shards, plus the distilled ones when `ordering.distill` is on."""

@@ -7,8 +7,6 @@ proves a complete model. A rerun with the same settings and the same abstract sh
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import random
 import shutil
@@ -22,39 +20,26 @@ import torch
 from hiercaps_gen import __version__
 from hiercaps_gen.config import RunConfig
 from hiercaps_gen.models import pick_device
+from hiercaps_gen.ordering.generate import MODEL_DIR, TRAIN_STAGE
 from hiercaps_gen.ordering.model import Seq2Seq, build, torch_threads
-from hiercaps_gen.ordering.tasks import Example, examples, heldout_ids, is_hierarchy
+from hiercaps_gen.hierarchy import is_hierarchy
+from hiercaps_gen.ordering.tasks import Example, examples, heldout_ids
 from hiercaps_gen.files import atomic_write_json, read_json, sha256_file
-from hiercaps_gen.stages.base import MANIFEST, load_manifest, read_stage_rows, stage_dir
+from hiercaps_gen.stages.base import MANIFEST, StageManifest, load_manifest, read_stage_rows, stage_dir
+from hiercaps_gen.stages.registry import SPECS
 
-STAGE = "train-ordering"
+STAGE = TRAIN_STAGE
 INPUT_STAGE = "abstract"
-MODEL_DIR = "model"
 LOG = "training_log.json"
 
 Batch = dict[str, torch.Tensor]
 
 
-# Settings that do not change the trained model: toggling distillation or the thread count
-# must not retrain it.
-NOT_TRAINING = ("distill", "threads")
-
-
 def fingerprint(config: RunConfig, run_dir: Path) -> str:
-    """Training settings + seed + the exact abstract shards it learns from."""
-    section = {k: v for k, v in config.ordering.model_dump(mode="json").items() if k not in NOT_TRAINING}
+    """Training settings + seed + the exact abstract shards it learns from (toggling distillation or
+    the thread count does not retrain: the registry ignores them)."""
     upstream = [s["output"]["sha256"] for s in load_manifest(run_dir, INPUT_STAGE)["shards"]]
-    payload = json.dumps({"seed": config.seed, "ordering": section, "abstract": upstream}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def trained_model_hash(run_dir: Path) -> str:
-    """Hash of the run's trained ordering model: stages that use it put it in their fingerprints."""
-    return load_manifest(run_dir, STAGE)["model_hash"]
-
-
-def model_dir(run_dir: Path) -> Path:
-    return stage_dir(run_dir, STAGE) / MODEL_DIR
+    return SPECS[STAGE].fingerprint(config, abstract=upstream)
 
 
 def _encode(s2s: Seq2Seq, batch: list[Example], max_source: int, max_target: int) -> Batch:
@@ -192,23 +177,21 @@ def _train(config: RunConfig, run_dir: Path) -> dict[str, Any]:
     atomic_write_json(directory / LOG, log)
     files = {str(p.relative_to(directory)): sha256_file(p) for p in sorted(target.iterdir()) if p.is_file()}
     files[LOG] = sha256_file(directory / LOG)
-    manifest = {
-        "stage": STAGE,
-        "fingerprint": fp,
-        "code_version": __version__,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": cfg.model_dump(mode="json"),
-        "base_model": cfg.model,
-        "model_dir": MODEL_DIR,
-        "model_hash": files[f"{MODEL_DIR}/model.safetensors"][:16],
-        "files": files,
+    return StageManifest(
+        stage=STAGE,
+        fingerprint=fp,
+        code_version=__version__,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        config=cfg.model_dump(mode="json"),
+        base_model=cfg.model,
+        model_dir=MODEL_DIR,
+        model_hash=files[f"{MODEL_DIR}/model.safetensors"][:16],
+        files=files,
         # rows read / trained on / skipped as malformed (the negatives stage rejects those with a reason)
-        "totals": {"in": counts["rows"], "accepted": counts["rows"] - counts["malformed_rows"],
-                   "rejected": counts["malformed_rows"]},
-        "stats": {**counts, "steps": step, "seconds": seconds, "device": device, "best_step": best[1],
-                  "stopped_early": stop, "heldout_loss_start": start_loss, "heldout_loss_best": best[0],
-                  "heldout_loss_last": log["heldout"][-1]["loss"],
-                  "parameters": sum(p.numel() for p in s2s.model.parameters())},
-    }
-    atomic_write_json(directory / MANIFEST, manifest)
-    return manifest
+        totals={"in": counts["rows"], "accepted": counts["rows"] - counts["malformed_rows"],
+                "rejected": counts["malformed_rows"]},
+        stats={**counts, "steps": step, "seconds": seconds, "device": device, "best_step": best[1],
+               "stopped_early": stop, "heldout_loss_start": start_loss, "heldout_loss_best": best[0],
+               "heldout_loss_last": log["heldout"][-1]["loss"],
+               "parameters": sum(p.numel() for p in s2s.model.parameters())},
+    ).write(directory)

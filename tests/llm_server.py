@@ -5,7 +5,7 @@ one `generate` call (up to `batch_size`, waiting at most `max_wait_s` for a batc
 use it as the real endpoint of the `openai` backend; `--request-log` appends one JSON line per
 answered request so a test can tell which prompts the server actually ran.
 
-    python -m hiercaps_gen.llm.server --model embedded:smollm2 --port 8000
+    python -m tests.llm_server --model embedded:smollm2 --port 8000   # from the repo root
 """
 
 from __future__ import annotations
