@@ -33,7 +33,7 @@ from hiercaps_gen.geometry import hierarchy_angles, kendall_tau, root_distance, 
 from hiercaps_gen.hierarchy import dedup_key, is_hierarchy
 from hiercaps_gen.models import pick_device, resolve
 from hiercaps_gen.ordering.model import torch_threads
-from hiercaps_gen.release_stats import level_profile
+from hiercaps_gen.release.stats import level_profile
 from hiercaps_gen.stages.base import Reject, Resources, ShardOutput, ShardStage
 
 LEVELS = hierarchy.LEVELS
