@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
@@ -41,10 +40,10 @@ from hiercaps_gen.stages.finetune import (  # noqa: E402
     save_checkpoint,
 )
 from hiercaps_gen.re_loss import re_loss  # noqa: E402
-from hiercaps_gen.hierarchy import RELEASE  # noqa: E402
-from hiercaps_gen.files import split_files, write_parquet  # noqa: E402
+from hiercaps_gen.release.read import split_files  # noqa: E402
 
 from tests.test_finetune import HIERARCHIES as BATCH  # noqa: E402  (the tests' hand-written batch)
+from tests.test_finetune import write_release  # noqa: E402  (shards + manifest, as a release has)
 
 
 def write_bench_release(directory: Path, rows: int) -> Path:
@@ -56,8 +55,7 @@ def write_bench_release(directory: Path, rows: int) -> Path:
                         "generator_model": "hand", "prompt_version": "v0", "prompt_hash": "0", "seed": 0,
                         "attempts": 1, "negative": negative, "ordering_model_hash": "0", "filter_score": 1.0,
                         "split": "train"})
-    write_parquet(directory / "train-00000-of-00001.parquet", pa.Table.from_pylist(records, schema=RELEASE))
-    return directory
+    return write_release(directory, records, test=[])
 
 
 def hand_loop(encoder_id: str, device: str, batch: list, steps: int, lr: float) -> float:

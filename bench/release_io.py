@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hiercaps_gen.config import RunConfig  # noqa: E402
-from hiercaps_gen.pull import pull  # noqa: E402
+from hiercaps_gen.release.pull import pull  # noqa: E402
 from hiercaps_gen.release import read_release, write_release  # noqa: E402
 from hiercaps_gen.hierarchy import FILTERED  # noqa: E402
 
@@ -89,7 +89,8 @@ def main() -> None:
         rows = read_release(release).num_rows
         read_s = time.perf_counter() - t0
         assert rows == args.rows
-        size = sum(p.stat().st_size for p in release.iterdir())
+        files = sorted(p for p in release.rglob("*") if p.is_file())
+        size = sum(p.stat().st_size for p in files)
         print(f"release write: {args.rows / write_s:,.0f} rows/s ({write_s:.1f} s, {size / 1e6:.0f} MB)")
         print(f"release read (checksums verified): {args.rows / read_s:,.0f} rows/s ({read_s:.1f} s)")
 
@@ -119,9 +120,10 @@ def main() -> None:
             http_s = time.perf_counter() - t0
             t0 = time.perf_counter()
             with httpx.Client() as client:  # plain HTTP download of the same bytes, no verification
-                for p in sorted(release.iterdir()):
-                    (work / "raw").mkdir(exist_ok=True)
-                    (work / "raw" / p.name).write_bytes(client.get(f"http://127.0.0.1:{port}/{release.parent.name}/1.0.0/{p.name}").content)
+                for p in files:
+                    rel = p.relative_to(release).as_posix()
+                    (work / "raw" / rel).parent.mkdir(parents=True, exist_ok=True)
+                    (work / "raw" / rel).write_bytes(client.get(f"http://127.0.0.1:{port}/{release.parent.name}/1.0.0/{rel}").content)
             raw_s = time.perf_counter() - t0
         finally:
             server.terminate()

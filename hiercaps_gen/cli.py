@@ -97,13 +97,26 @@ def cmd_release(args: argparse.Namespace) -> None:
 
 
 def cmd_pull(args: argparse.Namespace) -> None:
-    from hiercaps_gen.pull import pull
+    from hiercaps_gen.release.pull import pull
 
     print(pull(args.source, args.version, Path(args.dest), args.manifest_sha256, progress=not args.quiet))
 
 
+def cmd_push(args: argparse.Namespace) -> None:
+    from hiercaps_gen.release.push import plan_push, push
+
+    plan = plan_push(Path(args.release), args.repo)
+    if args.dry_run:
+        print(f"would push {plan.name} {plan.tag} to dataset repo {plan.repo_id} as one commit, tagged {plan.tag}:")
+        print("\n".join(f"  {path}" for path in plan.files))
+        return
+    commit = push(plan, private=args.private)
+    print(f"pushed {plan.name} {plan.tag} to {plan.repo_id} (commit {commit}, tag {plan.tag})")
+    print(f"from datasets import load_dataset; ds = {plan.load_line}")
+
+
 def cmd_export(args: argparse.Namespace) -> None:
-    from hiercaps_gen.export import export_hierarcaps_csv
+    from hiercaps_gen.release.export import export_hierarcaps_csv
 
     rows = export_hierarcaps_csv(Path(args.release), Path(args.out), args.split)
     print(f"wrote {rows} rows to {args.out}")
@@ -189,10 +202,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="release name (default: from config)")
     p.add_argument("--from-stage", default="filter", choices=NAMES, help="stage whose accepted rows are released")
 
+    p = sub.add_parser("push", help="publish a release to a Hugging Face dataset repo, tagged with its version",
+                       description="upload one release version as one commit to a Hub dataset repo and tag it with "
+                                   "the version (never moves an existing tag); token and endpoint from HF_TOKEN / "
+                                   "`hf auth login` and HF_ENDPOINT")
+    p.set_defaults(func=cmd_push)
+    p.add_argument("release", help="release directory RELEASES/<name>/<version>")
+    p.add_argument("--repo", required=True, help="dataset repo id <org>/<name>")
+    p.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its visibility)")
+    p.add_argument("--dry-run", action="store_true", help="list the files and the tag that would be sent; send nothing")
+
     p = sub.add_parser("pull", help="fetch a release and verify every file's sha256",
                        description="fetch a release by manifest from a path, file://, http(s):// or hf://")
     p.set_defaults(func=cmd_pull)
-    p.add_argument("source", help="releases/<name> location: path, file://, http(s)://, hf://datasets/org/repo[/dir]")
+    p.add_argument("source", help="path, file:// or http(s):// URL of releases/<name>, or hf://<org>/<repo> "
+                                  "(the version's tag; hf://<org>/<repo>/<dir> for repos with version folders)")
     p.add_argument("--version", required=True, help="release version X.Y.Z")
     p.add_argument("--dest", default=str(DEFAULT_RELEASES), help="destination root (default: %(default)s)")
     p.add_argument("--manifest-sha256", help="expected sha256 of manifest.json (pin a release)")

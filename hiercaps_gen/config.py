@@ -97,6 +97,10 @@ class OrderingConfig(Strict):
     heldout_fraction: float = Field(default=0.1, gt=0, lt=1)
     max_source_len: int = Field(default=64, ge=8)
     max_target_len: int = Field(default=32, ge=4)
+    train_layers: int | None = Field(
+        default=None, ge=1, description="causal models: train only the top N blocks and the final norm (None: all)"
+    )
+    bf16: bool = Field(default=False, description="train under bfloat16 autocast (weights stay float32)")
     distill: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(default=None, ge=1, description="CPU threads for ordering/negatives (None: torch's)")
@@ -124,6 +128,10 @@ class FilterConfig(Strict):
     max_negative_similarity: float = Field(default=0.95, gt=0.0, le=1.0, description="embedding: cosine(n_k, p_k)")
     nli_min_entailment: float = Field(default=0.5, ge=0.0, le=1.0, description="nli: P(p_k+1 entails p_k)")
     nli_max_negative_entailment: float = Field(default=0.5, ge=0.0, le=1.0, description="nli: P(caption entails n_k)")
+    fluency_model: str | None = Field(default="embedded:smollm2", description="causal LM for NLL/token (None: off)")
+    fluency_from_level: int = Field(default=4, ge=1, le=4, description="judge negatives from this level on (short texts: NLL is noise)")
+    max_negative_nll: float = Field(default=7.5, gt=0, description="NLL/token (nats) above which a negative is salad")
+    max_nll_excess: float = Field(default=2.5, gt=0, description="max NLL/token of n_k minus that of p_k")
     batch_size: int = Field(default=64, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(default=None, ge=1, description="CPU threads for scoring (None: torch's)")

@@ -93,12 +93,3 @@ def read_json(path: Path) -> Any:
 def verify(path: Path, sha256: str) -> bool:
     """True when `path` exists and its bytes hash to `sha256`."""
     return path.is_file() and sha256_file(path) == sha256
-
-
-def split_files(path: Path, split: str) -> list[Path]:
-    """`<split>-*.parquet` of a release directory, or the file itself when given one."""
-    path = Path(path)
-    files = [path] if path.is_file() else sorted(path.glob(f"{split}-*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"no {split}-*.parquet files in {path}")
-    return files

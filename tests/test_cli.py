@@ -43,7 +43,7 @@ def test_ingest_release_export_pull_from_the_command_line(tmp_path):
     run = tmp_path / "run"
     done = cli("ingest", "--run-dir", str(run), "--limit", "40")
     assert done.returncode == 0, done.stderr
-    assert "in=305 accepted=40" in done.stdout
+    assert "in=759 accepted=40" in done.stdout
     saved = (run / "config.yaml").read_text()
     assert "limit: 40" in saved
 

@@ -85,7 +85,7 @@ def test_loads_release_dir_parquet_and_authors_csv(tmp_path: Path) -> None:
     loaded, skipped = load_test_rows(release)
     assert len(loaded) == 5 and skipped == 1
     assert loaded[0].positive == tuple(HIERARCHIES[0][0].split(" => "))
-    assert load_test_rows(release / "test-00000-of-00001.parquet", limit=2)[0] == loaded[:2]
+    assert load_test_rows(release / "data" / "test-00000-of-00001.parquet", limit=2)[0] == loaded[:2]
 
     csv_path = tmp_path / "ref.csv.gz"
     with gzip.open(csv_path, "wt", encoding="utf-8") as fh:

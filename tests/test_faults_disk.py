@@ -56,7 +56,7 @@ def test_unwritable_output_directory_is_a_clear_error(tmp_path):
         assert not any(run.rglob("*"))
     finally:
         _make_writable(run)
-    assert run_ingest(RunConfig().with_overrides({"ingest.input": SAMPLE}), run)["totals"]["accepted"] == 305
+    assert run_ingest(RunConfig().with_overrides({"ingest.input": SAMPLE}), run)["totals"]["accepted"] == 759
 
 
 def test_output_path_blocked_by_a_file_is_a_clear_error(tmp_path):
@@ -79,7 +79,7 @@ def test_full_disk_leaves_no_half_shard_and_rerun_completes(tmp_path):
     with pytest.raises(StageError):
         load_manifest(run, "ingest")
     manifest = run_ingest(RunConfig().with_overrides({"ingest.input": SAMPLE, "ingest.num_shards": 2}), run)
-    assert manifest["totals"]["accepted"] == 305
+    assert manifest["totals"]["accepted"] == 759
     assert real_files(run / "ingest")
 
 

@@ -28,8 +28,10 @@ from hiercaps_gen.stages.finetune import (
     save_checkpoint,
 )
 from hiercaps_gen.models import resolve
+from hiercaps_gen.files import atomic_write_bytes, write_parquet
 from hiercaps_gen.hierarchy import RELEASE
-from hiercaps_gen.files import split_files, write_parquet
+from hiercaps_gen.release.manifest import ReleaseFile, ReleaseManifest
+from hiercaps_gen.release.read import split_files
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -69,9 +71,15 @@ def release_rows(n: int, split: str) -> list[dict]:
 
 
 def write_release(directory: Path, train: list[dict], test: list[dict] | None = None) -> Path:
-    write_parquet(directory / "train-00000-of-00001.parquet", pa.Table.from_pylist(train, schema=RELEASE))
+    """A release directory with a real manifest, holding rows `release.write` would refuse (bad levels)."""
     test = test if test is not None else release_rows(len(HIERARCHIES), "test")
-    write_parquet(directory / "test-00000-of-00001.parquet", pa.Table.from_pylist(test, schema=RELEASE))
+    files = []
+    for split, rows in (("train", train), ("test", test)):
+        entry = write_parquet(directory / f"data/{split}-00000-of-00001.parquet",
+                              pa.Table.from_pylist(rows, schema=RELEASE), directory)
+        files.append(ReleaseFile(**entry.to_dict(), split=split))
+    manifest = ReleaseManifest(name="hand", version="0.0.1", files=files, splits={"train": len(train), "test": len(test)})
+    atomic_write_bytes(directory / "manifest.json", manifest.to_json_bytes())
     return directory
 
 

@@ -22,7 +22,7 @@ def _config(**overrides) -> RunConfig:
 
 def test_pipeline_flow_runs_ingest_without_a_server(tmp_path):
     pipeline_flow(_config(), tmp_path, "0.1.0", tmp_path / "rel", until="ingest")
-    assert len(read_stage_rows(tmp_path, "ingest")) == 305
+    assert len(read_stage_rows(tmp_path, "ingest")) == 759
 
 
 def test_release_flow(tmp_path):
@@ -49,7 +49,7 @@ def test_dask_cluster_gives_the_same_rows_as_a_local_run(tmp_path):
         run_ingest(_config(), run_dir)
     LowercaseStage(_config(), local).run()
     manifest = _sharded(_config(**{"execution.task_runner": "dask", "execution.workers": 2}), distributed)
-    assert manifest["totals"]["in"] == 305
+    assert manifest["totals"]["in"] == 759
     assert read_stage_rows(distributed, "lowercase") == read_stage_rows(local, "lowercase")
     pids = {r["stats"].get("pid") for r in manifest["shards"]}
     assert len(pids) >= 2, "shards should have run in more than one worker process"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from hiercaps_gen.config import RunConfig
 from hiercaps_gen.stages.ingest import IngestError, run_ingest
-from hiercaps_gen.pull import PullError, parse_manifest, safe_relative_path
+from hiercaps_gen.release.manifest import ManifestError, parse_manifest, safe_relative_path
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -75,7 +75,7 @@ def test_manifest_paths_never_escape(parts, sep):
     path = sep.join(parts)
     try:
         safe = safe_relative_path(path)
-    except PullError:
+    except ManifestError:
         return
     resolved = (Path("/dest") / safe).resolve()
     assert resolved.is_relative_to(Path("/dest")) and resolved != Path("/dest")
@@ -91,7 +91,7 @@ def test_manifest_paths_never_escape(parts, sep):
 def test_manifest_parser_accepts_only_safe_manifests(doc):
     try:
         manifest = parse_manifest(json.dumps(doc).encode())
-    except PullError:
+    except ManifestError:
         return
     for entry in manifest.files:
         assert safe_relative_path(entry.path) == entry.path
@@ -103,5 +103,5 @@ def test_manifest_parser_accepts_only_safe_manifests(doc):
 def test_manifest_parser_on_random_bytes(data):
     try:
         parse_manifest(data)
-    except PullError:
+    except ManifestError:
         pass

@@ -31,7 +31,7 @@ def coco(tmp_path: Path, annotations: list, images=None) -> Path:
 def test_shipped_sample_ingests_every_caption(tmp_path):
     manifest = run_ingest(config_for(REPO / "data/coco_val2014_sample/captions.json", "coco"), tmp_path)
     rows = read_stage_rows(tmp_path, "ingest")
-    assert manifest["totals"]["in"] == 305 == len(rows) + manifest["totals"]["rejected"]
+    assert manifest["totals"]["in"] == 759 == len(rows) + manifest["totals"]["rejected"]
     assert len({r["id"] for r in rows}) == len(rows)
     assert all(r["image_url"].startswith("http://images.cocodataset.org/") for r in rows)
 
@@ -112,7 +112,7 @@ def test_limit_sampling_and_sharding_are_deterministic(tmp_path):
     a = run_ingest(config_for(sample, "coco", limit=50, num_shards=3), tmp_path / "a")
     b = run_ingest(config_for(sample, "coco", limit=50, num_shards=3), tmp_path / "b")
     assert [s["output"]["sha256"] for s in a["shards"]] == [s["output"]["sha256"] for s in b["shards"]]
-    assert a["totals"]["accepted"] == 50 and a["totals"]["reasons"] == {"not_sampled": 255}
+    assert a["totals"]["accepted"] == 50 and a["totals"]["reasons"] == {"not_sampled": 759 - 50}
     run_ingest(config_for(sample, "coco", limit=50, num_shards=3).with_overrides({"seed": 1}), tmp_path / "c")
     ids = lambda d: {r["id"] for r in read_stage_rows(tmp_path / d, "ingest")}  # noqa: E731
     assert ids("a") != ids("c")

@@ -59,6 +59,7 @@ TINY = {
     "ordering.max_steps": 80, "ordering.batch_size": 16, "ordering.learning_rate": 3e-3,
     "ordering.eval_every": 40, "ordering.device": "cpu", "negatives.batch_size": 128,
     "filter.device": "cpu", "ordering.threads": 1, "filter.threads": 1,
+    "filter.fluency_model": None,  # the fluency check has its own tests (test_filter_fluency.py)
 }
 _TRAINED: dict[int, Path] = {}
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from hiercaps_gen.config import RunConfig
-from hiercaps_gen.pull import PullError, pull
+from hiercaps_gen.release.pull import PullError, pull
 from hiercaps_gen.release import read_release, write_release
 from hiercaps_gen.hierarchy import FILTERED
 
@@ -70,7 +70,7 @@ def test_pull_over_http_resumes_a_partial_file(releases, http_server, tmp_path):
     manifest = json.loads((releases / NAME / "1.2.3/manifest.json").read_text())
     big = max((f for f in manifest["files"]), key=lambda f: f["bytes"])
     staging = tmp_path / "dest/.partial" / NAME / "1.2.3"
-    staging.mkdir(parents=True)
+    (staging / big["path"]).parent.mkdir(parents=True)
     data = (releases / NAME / "1.2.3" / big["path"]).read_bytes()
     (staging / (big["path"] + ".part")).write_bytes(data[: len(data) // 2])  # an interrupted download
 
@@ -82,7 +82,7 @@ def test_pull_over_http_resumes_a_partial_file(releases, http_server, tmp_path):
 
 def test_tampered_file_is_refused_and_never_visible(releases, http_server, tmp_path):
     url, _ = http_server
-    shard = next((releases / NAME / "1.2.3").glob("train-00000-of-*.parquet"))
+    shard = next((releases / NAME / "1.2.3").glob("data/train-00000-of-*.parquet"))
     data = bytearray(shard.read_bytes())
     data[100] ^= 0x01
     shard.write_bytes(bytes(data))

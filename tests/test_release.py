@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from hiercaps_gen.config import RunConfig
-from hiercaps_gen.export import export_hierarcaps_csv
+from hiercaps_gen.release.export import export_hierarcaps_csv
 from hiercaps_gen.release import ReleaseError, read_release, verify_release, write_release
 from hiercaps_gen.hierarchy import FILTERED, RELEASE
 from hiercaps_gen.files import sha256_file
@@ -48,11 +48,11 @@ def test_splits_share_no_image(tmp_path):
 def test_release_is_immutable(tmp_path):
     config = RunConfig()
     first = write_release(table(30), config, "0.1.0", tmp_path)
-    before = {p: sha256_file(p) for p in first.iterdir()}
+    before = {p: sha256_file(p) for p in first.rglob("*") if p.is_file()}
     assert write_release(table(30), config, "0.1.0", tmp_path) == first  # same config: a no-op
     with pytest.raises(ReleaseError, match="immutable"):
         write_release(table(31), config.with_overrides({"seed": 3}), "0.1.0", tmp_path)
-    assert {p: sha256_file(p) for p in first.iterdir()} == before
+    assert {p: sha256_file(p) for p in first.rglob("*") if p.is_file()} == before
     with pytest.raises(ReleaseError, match="semantic"):
         write_release(table(3), config, "1.0", tmp_path)
 
@@ -74,7 +74,7 @@ def test_round_trip_through_datasets_and_pyarrow(tmp_path):
 
     src = table(80)
     release = write_release(src, RunConfig(), "0.2.0", tmp_path)
-    loaded = datasets.load_dataset("parquet", data_dir=str(release), cache_dir=str(tmp_path / "cache"))
+    loaded = datasets.load_dataset(str(release), cache_dir=str(tmp_path / "cache"))  # the card's configs
     assert set(loaded) == {"train", "test"}
     assert loaded["train"].num_rows + loaded["test"].num_rows == 80
     by_id = {r["id"]: r for r in src.to_pylist()}
@@ -83,12 +83,12 @@ def test_round_trip_through_datasets_and_pyarrow(tmp_path):
             original = by_id[row["id"]]
             assert row["positive"] == original["positive"] and row["negative"] == original["negative"]
             assert row["split"] == split
-    assert pq.read_table(release / "train-00000-of-00001.parquet").schema.names == RELEASE.names
+    assert pq.read_table(release / "data/train-00000-of-00001.parquet").schema.names == RELEASE.names
 
 
 def test_tampered_release_fails_verification(tmp_path):
     release = write_release(table(20), RunConfig(), "0.1.0", tmp_path)
-    shard = release / "train-00000-of-00001.parquet"
+    shard = release / "data/train-00000-of-00001.parquet"
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
@@ -127,7 +127,7 @@ def test_two_writers_of_one_version_one_wins(tmp_path):
 
 
 def test_lineage_names_every_model_a_run_used(tmp_path):
-    from hiercaps_gen.release import run_lineage
+    from hiercaps_gen.release.write import run_lineage
     from hiercaps_gen.stages.base import StageManifest
 
     def manifest(stage: str, fingerprint: str, **fields) -> None:

@@ -1,4 +1,4 @@
-"""release_stats, the reference reader and the dataset card, on hierarchies with hand-counted answers."""
+"""release.stats, the reference reader and the dataset card, on hierarchies with hand-counted answers."""
 
 import csv
 import gzip
@@ -7,9 +7,10 @@ import pyarrow as pa
 import pytest
 
 from hiercaps_gen.config import RunConfig
-from hiercaps_gen.dataset_card import render_card
-from hiercaps_gen.release import write_release
-from hiercaps_gen.release_stats import funnel, funnel_gaps, hierarchy_stats, word_counts
+from hiercaps_gen.release.card import render_card
+from hiercaps_gen.release.manifest import ReleaseManifest
+from hiercaps_gen.release.stats import funnel, funnel_gaps, hierarchy_stats, word_counts
+from hiercaps_gen.release.write import write_release
 from hiercaps_gen.report.statistics import read_reference, sample_indices
 from hiercaps_gen.hierarchy import FILTERED
 
@@ -86,8 +87,14 @@ def lineage_manifest(splits=(30, 5), filter_accepted=35) -> dict:
     }
 
 
+def as_manifest(fields: dict) -> ReleaseManifest:
+    """A typed manifest around `fields` (one placeholder file: a manifest always lists its files)."""
+    return ReleaseManifest(name="n", version="1.0.0", files=[{"path": "README.md", "bytes": 0, "sha256": "0" * 64}],
+                           **fields)
+
+
 def test_funnel_order_throughput_and_accounting():
-    steps = funnel(lineage_manifest())
+    steps = funnel(as_manifest(lineage_manifest()))
     assert [s.stage for s in steps] == ["ingest", "abstract", "train-ordering", "negatives", "filter", "release"]
     by = {s.stage: s for s in steps}
     assert by["abstract"].throughput == 45 / 20 and by["train-ordering"].throughput == 5.0
@@ -97,11 +104,11 @@ def test_funnel_order_throughput_and_accounting():
     assert by["train-ordering"].unexplained_rejects == 1 and not by["train-ordering"].on_row_path
     assert by["release"].rows_in == 35 and by["release"].seconds is None
     assert funnel_gaps(steps) == []
-    assert funnel_gaps(funnel(lineage_manifest(filter_accepted=37))) == [("filter", "release", -2)]
+    assert funnel_gaps(funnel(as_manifest(lineage_manifest(filter_accepted=37)))) == [("filter", "release", -2)]
 
 
 def test_funnel_without_lineage_is_the_release_alone():
-    steps = funnel({"splits": {"train": 7, "test": 2}})
+    steps = funnel(as_manifest({"splits": {"train": 7, "test": 2}}))
     assert [(s.stage, s.rows_in) for s in steps] == [("release", 9)] and funnel_gaps(steps) == []
 
 
@@ -158,7 +165,7 @@ def test_dataset_card_uses_the_shared_statistics(tmp_path):
 
 def test_dataset_card_of_an_unknown_source_says_so():
     table = pa.Table.from_pylist(synthetic_rows(4), schema=FILTERED).append_column("split", pa.array(["train"] * 4))
-    card = render_card({"name": "n", "version": "1.0.0", "code_version": "0", "config_fingerprint": "f",
-                        "license": "L", "splits": {"train": 4}}, table)
+    card = render_card(as_manifest({"code_version": "0", "config_fingerprint": "f", "license": "L",
+                                    "splits": {"train": 4}}), table)
     assert "license: other" in card and "synthetic: licence not recorded" in card
     assert "No notes for this generator" in card

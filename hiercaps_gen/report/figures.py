@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from hiercaps_gen.files import atomic_write_bytes
 from hiercaps_gen.hierarchy import LEVELS
-from hiercaps_gen.release_stats import FunnelStep, chains, word_counts
+from hiercaps_gen.release.stats import FunnelStep, chains, word_counts
 from hiercaps_gen.report.statistics import Dataset
 
 MAX_WORDS_BIN = 30  # word-count histograms put everything longer in the last bin

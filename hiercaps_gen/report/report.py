@@ -25,10 +25,11 @@ import jinja2
 import pyarrow as pa
 from markupsafe import Markup
 
-from hiercaps_gen.dataset_card import generator_notes, source_licences
+from hiercaps_gen.release.card import generator_notes, source_licences
 from hiercaps_gen.files import atomic_write_bytes, atomic_write_json
 from hiercaps_gen.hierarchy import LEVELS
-from hiercaps_gen.release_stats import FunnelStep, funnel, funnel_gaps, hierarchy_stats
+from hiercaps_gen.release.manifest import ReleaseManifest
+from hiercaps_gen.release.stats import FunnelStep, funnel, funnel_gaps, hierarchy_stats
 from hiercaps_gen.report.figures import (
     SavedFigure,
     containment_figure,
@@ -221,15 +222,15 @@ def samples_section(table: pa.Table, sample: list[int], by_filter: list[int], by
     return {"id": "samples", "title": "Hierarchies: positive and negative side by side", "blocks": blocks}
 
 
-def lineage_section(manifest: dict[str, Any], table: pa.Table, steps: list[FunnelStep]) -> Section:
+def lineage_section(manifest: ReleaseManifest, table: pa.Table, steps: list[FunnelStep]) -> Section:
     info: list[list[Any]] = [
-        ["name", manifest["name"]], ["version", manifest["version"]], ["created", manifest.get("created_at", "")],
-        ["config fingerprint", _code(manifest.get("config_fingerprint", ""))],
-        ["code version", manifest.get("code_version", "")], ["licence", manifest.get("license", "")]]
-    info += [[f"split {k}", v] for k, v in manifest.get("splits", {}).items()]
-    info.append(["prompt hashes", Markup(", ").join(_code(h) for h in manifest.get("prompt_hashes", [])) or "–"])
-    models = [[role, _code(ident)] for role, ident in manifest.get("models", {}).items()]
-    stage_fps = {name: entry.get("fingerprint", "") for name, entry in manifest.get("stages", {}).items()}
+        ["name", manifest.name], ["version", manifest.version], ["created", manifest.created_at],
+        ["config fingerprint", _code(manifest.config_fingerprint)],
+        ["code version", manifest.code_version], ["licence", manifest.license]]
+    info += [[f"split {k}", v] for k, v in manifest.splits.items()]
+    info.append(["prompt hashes", Markup(", ").join(_code(h) for h in manifest.prompt_hashes) or "–"])
+    models = [[role, _code(ident)] for role, ident in manifest.models.items()]
+    stage_fps = {name: entry.fingerprint for name, entry in manifest.stages.items()}
     stages = [[s.stage, _code(stage_fps[s.stage]) if stage_fps.get(s.stage) else "–", _num(s.seconds, 1),
                "–" if s.throughput is None else f"{s.throughput:.3g}",
                Markup(", ").join(Markup("{}: {}").format(k, _code(v)) for k, v in sorted(s.details.items())) or "–",
@@ -311,9 +312,9 @@ def build_report(
     by_filter, by_tau = worst_indices(table, tau, sample_size)
     ids = table["id"].to_pylist()
     report = {
-        "release": {"path": str(release_dir), **{k: manifest.get(k) for k in (
+        "release": {"path": str(release_dir), **manifest.model_dump(include={
             "name", "version", "created_at", "config_fingerprint", "code_version", "license", "splits", "models",
-            "prompt_hashes")}},
+            "prompt_hashes"})},
         "seed": seed,
         "encoder": encoder_id,
         "datasets": [d.label for d in datasets],

@@ -1,6 +1,6 @@
 """The report's numbers: the datasets it reads, the encoder profile, samples and worst rows.
 
-Shape statistics come from `release_stats` (the dataset card uses the same functions); root
+Shape statistics come from `release.stats` (the dataset card uses the same functions); root
 distances and τ from `geometry`. Nothing here draws or writes HTML.
 """
 
@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from hiercaps_gen.geometry import kendall_tau, root_distances
 from hiercaps_gen.hierarchy import is_hierarchy, split_levels
-from hiercaps_gen.release import verify_release
-from hiercaps_gen.release_stats import chains
+from hiercaps_gen.release.manifest import ReleaseManifest
+from hiercaps_gen.release.read import load_release
+from hiercaps_gen.release.stats import chains
 
 RELEASE_COLUMNS = ["id", "source", "positive", "negative", "generator_model", "filter_score", "split"]
 
@@ -55,14 +55,9 @@ def read_reference(path: Path) -> Dataset:
     return Dataset(f"reference ({path.name})", kept, table.num_rows - kept.num_rows)
 
 
-def read_release_table(release_dir: Path) -> tuple[dict[str, Any], pa.Table]:
+def read_release_table(release_dir: Path) -> tuple[ReleaseManifest, pa.Table]:
     """The release manifest and its rows (all splits), every file's checksum verified first."""
-    manifest = verify_release(release_dir)
-    files = [Path(release_dir) / e["path"] for e in manifest["files"] if e["path"].endswith(".parquet")]
-    tables = [pq.read_table(f, columns=RELEASE_COLUMNS) for f in files]
-    if not tables:
-        raise ValueError(f"release {release_dir} has no Parquet files")
-    return manifest, pa.concat_tables(tables)
+    return load_release(release_dir, columns=RELEASE_COLUMNS)
 
 
 def sample_indices(rows: int, k: int, seed: int) -> list[int]:

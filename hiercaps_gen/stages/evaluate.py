@@ -24,9 +24,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from hiercaps_gen.encoders import TextEncoder, load_encoder
+from hiercaps_gen.files import atomic_write_bytes, atomic_write_json
 from hiercaps_gen.geometry import Encodes, kendall_tau, root_distance, root_distances
 from hiercaps_gen.hierarchy import LEVELS, is_hierarchy, split_levels
-from hiercaps_gen.files import atomic_write_bytes, atomic_write_json, split_files
+from hiercaps_gen.release.read import split_files
 
 @dataclass(frozen=True)
 class TestRow:

@@ -9,6 +9,9 @@ something, no negative repeating a positive). Then a pluggable scorer judges mea
 - "nli" (hub cross-encoder, GPU node): P(p_{k+1} entails p_k) ≥ `nli_min_entailment` for
   k = 1..3, and P(caption entails n_k) < `nli_max_negative_entailment` (a negative true of the
   image is not a negative). filter_score = min positive entailment − max negative entailment.
+Before the scorer, for either: fluency (`fluency.py`) — a negative at level ≥ `fluency_from_level` (4)
+whose per-token NLL under a small causal LM (SmolLM2 offline) is above `max_negative_nll`, or more
+than `max_nll_excess` nats above its positive's at the same level, is word salad (`not_fluent`).
 Every drop is a reject with its reason and the numbers behind it.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -24,11 +28,12 @@ import torch
 from hiercaps_gen import hierarchy
 from hiercaps_gen.config import FilterConfig
 from hiercaps_gen.encoders import get_embedder
+from hiercaps_gen.fluency import FluencyScorer, get_fluency_scorer
 from hiercaps_gen.geometry import hierarchy_angles, kendall_tau, root_distance, shows_order
 from hiercaps_gen.hierarchy import dedup_key, is_hierarchy
 from hiercaps_gen.models import pick_device, resolve
 from hiercaps_gen.ordering.model import torch_threads
-from hiercaps_gen.release_stats import level_profile
+from hiercaps_gen.release.stats import level_profile
 from hiercaps_gen.stages.base import Reject, Resources, ShardOutput, ShardStage
 
 LEVELS = hierarchy.LEVELS
@@ -140,6 +145,21 @@ def lexical_problem(row: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def fluency_problems(cfg: FilterConfig, positives: list[list[str]], negatives: list[list[str]],
+                     nll: Callable[[list[str]], np.ndarray]) -> list[tuple[str, str] | None]:
+    """("not_fluent", detail) per row whose negatives read worse than its positives, else None."""
+    levels = list(range(cfg.fluency_from_level - 1, LEVELS))
+    texts = [h[k] for pair in zip(positives, negatives) for h in pair for k in levels]
+    scores = nll(texts).reshape(len(positives), 2, len(levels)) if texts else np.zeros((0, 2, len(levels)))
+    out: list[tuple[str, str] | None] = []
+    for pos, neg in scores:
+        bad = [(k, p, n) for k, p, n in zip(levels, pos, neg)
+               if n > cfg.max_negative_nll or n - p > cfg.max_nll_excess]
+        out.append(None if not bad else ("not_fluent", "; ".join(
+            f"level {k + 1}: NLL/token negative {n:.2f} vs positive {p:.2f}" for k, p, n in bad)))
+    return out
+
+
 class FilterStage(ShardStage):
     name = "filter"
     input_stage = "negatives"
@@ -155,6 +175,11 @@ class FilterStage(ShardStage):
     def scorer(self) -> Scorer:
         return SCORERS[self.config.filter.scorer](self.config.filter, self.config.filter.device)
 
+    @cached_property
+    def fluency(self) -> FluencyScorer | None:
+        model = self.config.filter.fluency_model
+        return None if model is None else get_fluency_scorer(model, self.config.filter.device)
+
     def process(self, rows: list[dict[str, Any]], shard: str) -> ShardOutput:
         with torch_threads(self.config.filter.threads):
             return self._filter(rows)
@@ -167,6 +192,11 @@ class FilterStage(ShardStage):
                 candidates.append(row)
             else:
                 rejects.append(Reject(row, *problem))
+        if self.fluency is not None and candidates:
+            problems = fluency_problems(self.config.filter, [r["positive"] for r in candidates],
+                                        [r["negative"] for r in candidates], self.fluency.nll)
+            rejects += [Reject(row, *problem) for row, problem in zip(candidates, problems) if problem]
+            candidates = [row for row, problem in zip(candidates, problems) if not problem]
         positives, negatives = [r["positive"] for r in candidates], [r["negative"] for r in candidates]
         verdicts = self.scorer.judge(positives, negatives) if candidates else []
         accepted = []

@@ -36,9 +36,10 @@ from tqdm.auto import tqdm
 from hiercaps_gen.config import RunConfig
 from hiercaps_gen.encoders import TextEncoder, load_encoder
 from hiercaps_gen.models import pick_device
+from hiercaps_gen.release.read import split_files
 from hiercaps_gen.re_loss import RELoss, re_loss
 from hiercaps_gen.hierarchy import LEVELS, level_problem
-from hiercaps_gen.files import atomic_write_json, read_json, sha256_file, split_files
+from hiercaps_gen.files import atomic_write_json, read_json, sha256_file
 
 T = TypeVar("T")
 U = TypeVar("U")

@@ -23,10 +23,10 @@ from hiercaps_gen import hierarchy
 from hiercaps_gen.encoders import get_embedder
 from hiercaps_gen.ordering.generate import OrderingModel, trained_model_hash
 from hiercaps_gen.ordering.model import torch_threads
-from hiercaps_gen.ordering.tasks import ARROW, down_source
-from hiercaps_gen.release_stats import level_profile
-from hiercaps_gen.stages.base import Reject, Resources, ShardOutput, ShardStage, load_manifest
 from hiercaps_gen.hierarchy import dedup_key, is_hierarchy, word_count
+from hiercaps_gen.ordering.tasks import ARROW, down_source
+from hiercaps_gen.release.stats import level_profile
+from hiercaps_gen.stages.base import Reject, Resources, ShardOutput, ShardStage, load_manifest
 
 LEVELS = hierarchy.LEVELS
 DISTILL_STAGE = "distill"

@@ -21,7 +21,7 @@ from hiercaps_gen import __version__
 from hiercaps_gen.config import RunConfig
 from hiercaps_gen.models import pick_device
 from hiercaps_gen.ordering.generate import MODEL_DIR, TRAIN_STAGE
-from hiercaps_gen.ordering.model import Seq2Seq, build, torch_threads
+from hiercaps_gen.ordering.model import Seq2Seq, build, freeze_below, prompt_ids, torch_threads
 from hiercaps_gen.hierarchy import is_hierarchy
 from hiercaps_gen.ordering.tasks import Example, examples, heldout_ids
 from hiercaps_gen.files import atomic_write_json, read_json, sha256_file
@@ -43,6 +43,8 @@ def fingerprint(config: RunConfig, run_dir: Path) -> str:
 
 
 def _encode(s2s: Seq2Seq, batch: list[Example], max_source: int, max_target: int) -> Batch:
+    if s2s.causal:
+        return _encode_causal(s2s, batch, max_source, max_target)
     tok = s2s.tokenizer
     enc = tok([e.source for e in batch], truncation=True, max_length=max_source, padding=True, return_tensors="pt")
     targets = [tok(e.target, add_special_tokens=False)["input_ids"][: max_target - 1] + [s2s.eos_id] for e in batch]
@@ -53,18 +55,41 @@ def _encode(s2s: Seq2Seq, batch: list[Example], max_source: int, max_target: int
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
 
 
+def _encode_causal(s2s: Seq2Seq, batch: list[Example], max_source: int, max_target: int) -> Batch:
+    """prompt + target + eos, right-padded; only the target (and eos) is scored."""
+    tok = s2s.tokenizer
+    prompts = prompt_ids(s2s, [e.source for e in batch], max_source)
+    targets = [ids[: max_target - 1] + [s2s.eos_id] for ids in tok([e.target for e in batch], add_special_tokens=False)["input_ids"]]
+    width = max(len(p) + len(t) for p, t in zip(prompts, targets))
+    input_ids = torch.full((len(batch), width), s2s.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    for i, (p, t) in enumerate(zip(prompts, targets)):
+        input_ids[i, : len(p) + len(t)] = torch.tensor(p + t)
+        mask[i, : len(p) + len(t)] = 1
+        labels[i, len(p) : len(p) + len(t)] = torch.tensor(t)
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
 def _batches(items: list[Example], size: int) -> list[list[Example]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def _autocast(device: str, bf16: bool) -> Any:
+    """bf16 autocast (CPU or CUDA) when asked; weights and optimizer state stay float32."""
+    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
+                          enabled=bf16)
+
+
 @torch.inference_mode()
-def heldout_loss(s2s: Seq2Seq, batches: list[Batch], device: str) -> float:
+def heldout_loss(s2s: Seq2Seq, batches: list[Batch], device: str, bf16: bool = False) -> float:
     """Mean cross-entropy per target token over the held-out hierarchies."""
     s2s.model.eval()
     total, tokens = 0.0, 0
     for batch in batches:
         n = int((batch["labels"] != -100).sum())
-        out = s2s.model(**{k: v.to(device) for k, v in batch.items()})
+        with _autocast(device, bf16):
+            out = s2s.model(**{k: v.to(device) for k, v in batch.items()})
         total += float(out.loss) * n
         tokens += n
     s2s.model.train()
@@ -131,18 +156,19 @@ def _train(config: RunConfig, run_dir: Path) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     device = pick_device(cfg.device)
     s2s = build(cfg, config.seed, [t for e in train for t in (e.source, e.target)]).to(device)
+    trainable = freeze_below(s2s, cfg.train_layers)
     s2s.model.train()
     test_batches = [_encode(s2s, b, cfg.max_source_len, cfg.max_target_len) for b in _batches(test, cfg.batch_size)]
 
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = min(cfg.max_steps or 10**12, cfg.epochs * steps_per_epoch)
     warmup = int(cfg.warmup_fraction * total)
-    optimizer = torch.optim.AdamW(s2s.model.parameters(), lr=cfg.learning_rate, weight_decay=0.01)
+    optimizer = torch.optim.AdamW([p for p in s2s.model.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
     )
     order = random.Random(config.seed)
-    start_loss = heldout_loss(s2s, test_batches, device)
+    start_loss = heldout_loss(s2s, test_batches, device, cfg.bf16)
     log: dict[str, Any] = {"steps": [], "heldout": [{"step": 0, "loss": start_loss}]}
     best = (start_loss, 0, _snapshot(s2s))
     start, step, stop = time.perf_counter(), 0, False
@@ -151,16 +177,17 @@ def _train(config: RunConfig, run_dir: Path) -> dict[str, Any]:
         order.shuffle(shuffled)
         for examples_ in _batches(shuffled, cfg.batch_size):
             batch = _encode(s2s, examples_, cfg.max_source_len, cfg.max_target_len)
-            loss = s2s.model(**{k: v.to(device) for k, v in batch.items()}).loss
+            with _autocast(device, cfg.bf16):
+                loss = s2s.model(**{k: v.to(device) for k, v in batch.items()}).loss
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(s2s.model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_([p for p in s2s.model.parameters() if p.requires_grad], 1.0)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             log["steps"].append({"step": step, "loss": loss.item(), "lr": schedule.get_last_lr()[0]})
             if step % cfg.eval_every == 0 or step == total:
-                held = heldout_loss(s2s, test_batches, device)
+                held = heldout_loss(s2s, test_batches, device, cfg.bf16)
                 log["heldout"].append({"step": step, "loss": held})
                 if held < best[0]:
                     best = (held, step, _snapshot(s2s))
@@ -193,5 +220,5 @@ def _train(config: RunConfig, run_dir: Path) -> dict[str, Any]:
         stats={**counts, "steps": step, "seconds": seconds, "device": device, "best_step": best[1],
                "stopped_early": stop, "heldout_loss_start": start_loss, "heldout_loss_best": best[0],
                "heldout_loss_last": log["heldout"][-1]["loss"],
-               "parameters": sum(p.numel() for p in s2s.model.parameters())},
+               "parameters": sum(p.numel() for p in s2s.model.parameters()), "trainable_parameters": trainable},
     ).write(directory)

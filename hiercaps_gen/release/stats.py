@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from hiercaps_gen.hierarchy import LEVELS, dedup_key, word_count
+from hiercaps_gen.release.manifest import ReleaseManifest
 from hiercaps_gen.stages.registry import NAMES
 
 STAGE_ORDER = NAMES  # pipeline order, from the stage registry
@@ -152,14 +153,13 @@ def _seconds(stats: dict[str, Any]) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def funnel(manifest: dict[str, Any]) -> list[FunnelStep]:
+def funnel(manifest: ReleaseManifest) -> list[FunnelStep]:
     """Row accounting of every stage in a release manifest, in pipeline order, then the release."""
-    stages = manifest.get("stages", {})
+    stages = manifest.stages
     rank = {name: i for i, name in enumerate(STAGE_ORDER)}
     steps = []
     for name in sorted(stages, key=lambda n: (rank.get(n, len(rank)), n)):
-        entry = stages[name]
-        totals, stats = entry.get("totals", {}), entry.get("stats", {})
+        totals, stats = stages[name].totals, stages[name].stats
         counters = {k: float(v) for k, v in stats.items()
                     if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("seconds", "shard_seconds")}
         steps.append(FunnelStep(
@@ -168,7 +168,7 @@ def funnel(manifest: dict[str, Any]) -> list[FunnelStep]:
             seconds=_seconds(stats), counters=counters,
             details={k: v for k, v in stats.items() if isinstance(v, str)},
         ))
-    released = int(sum(manifest.get("splits", {}).values()))
+    released = int(sum(manifest.splits.values()))
     steps.append(FunnelStep(stage="release", rows_in=released, accepted=released, rejected=0))
     return steps
 

@@ -1,45 +1,42 @@
 """release: assemble accepted rows into an immutable, versioned, checksummed Parquet release.
 
-    RELEASES/<name>/<version>/
+    RELEASES/<name>/<version>/              a Hugging Face dataset repo as it stands
+        README.md                           dataset card: Hub metadata (configs, dataset_info) + text
         manifest.json                       files with sizes and sha256, splits, lineage, schema
-        train-00000-of-00001.parquet        split shards (train / test share no image)
-        test-00000-of-00001.parquet
-        README.md                           dataset card
+        data/train-00000-of-00001.parquet   split shards (train / test share no image)
+        data/test-00000-of-00001.parquet
 
-The whole version directory is built under a temporary name and renamed into place in one step:
-a version either exists complete or not at all, and two writers of the same version cannot both
-win (the second rename fails on the non-empty directory).
+`load_dataset(<version dir>)` reads exactly train and test from the card's `configs`; `push`
+uploads the directory as one commit tagged with the version. The whole version directory is
+built under a temporary name and renamed into place in one step: a version either exists
+complete or not at all, and two writers of the same version cannot both win (the second rename
+fails on the non-empty directory).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from hiercaps_gen import __version__
 from hiercaps_gen.config import RunConfig
-from hiercaps_gen.dataset_card import render_card
+from hiercaps_gen.release.card import DATA_DIR, render_card
+from hiercaps_gen.release.manifest import SEMVER, SPLITS, ColumnType, ReleaseFile, ReleaseManifest, StageLineage
+from hiercaps_gen.release.read import ReleaseError, verify_release
 from hiercaps_gen.hierarchy import FILTERED, LEVELS, RELEASE
-from hiercaps_gen.files import atomic_write_bytes, atomic_write_json, read_json, verify, write_parquet
+from hiercaps_gen.files import atomic_write_bytes, write_parquet
 from hiercaps_gen.stages.base import MANIFEST, load_manifest, read_stage_rows, stage_dir
 from hiercaps_gen.stages.registry import NAMES
 
-SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?$")
-SPLITS = ("train", "test")
 LINEAGE_STAGES = NAMES  # the stage registry, in pipeline order (distill included)
-
-
-class ReleaseError(RuntimeError):
-    """A release cannot be written or read: bad version, existing version, failed checksum."""
 
 
 def check_version(version: str) -> str:
@@ -57,8 +54,16 @@ def assign_split(image_ids: list[str], test_fraction: float, seed: int) -> list[
     ]
 
 
+def split_column(image_ids: pa.ChunkedArray, test_fraction: float, seed: int) -> pa.ChunkedArray:
+    """`assign_split` of every row, hashing each distinct image id once (images repeat per caption)."""
+    distinct = pc.unique(image_ids)
+    splits = pa.array(assign_split(distinct.to_pylist(), test_fraction, seed), pa.string())
+    return pc.take(splits, pc.index_in(image_ids, value_set=distinct))
+
+
 def check_rows(table: pa.Table) -> None:
-    """The row contract: 4 positive and 4 negative levels, positive level 4 is the caption."""
+    """The row contract: 4 positive and 4 negative levels, positive level 4 is the caption, unique
+    ids. `table` must be sorted by id."""
     if table.num_rows == 0:
         return
     for column in ("positive", "negative"):
@@ -68,20 +73,23 @@ def check_rows(table: pa.Table) -> None:
     last = pc.list_element(table["positive"], LEVELS - 1)
     if not pc.all(pc.equal(last, table["caption"])).as_py():
         raise ReleaseError("positive level 4 must equal the caption in every row")
-    if len(set(table["id"].to_pylist())) != table.num_rows:
+    ids = table["id"]  # sorted by the writer: a duplicate sits next to its twin
+    if table.num_rows > 1 and pc.any(pc.equal(ids.slice(1), ids.slice(0, table.num_rows - 1))).as_py():
         raise ReleaseError("duplicate row ids")
 
 
 def _shards(split: str, table: pa.Table, rows_per_shard: int) -> list[tuple[str, pa.Table]]:
-    count = max(1, -(-table.num_rows // rows_per_shard))
+    """`data/<split>-NNNNN-of-MMMMM.parquet` slices; none for an empty split (`datasets` cannot read
+    an empty Parquet file, and the card lists only splits that have rows)."""
+    count = -(-table.num_rows // rows_per_shard)
     return [
-        (f"{split}-{i:05d}-of-{count:05d}.parquet", table.slice(i * rows_per_shard, rows_per_shard))
+        (f"{DATA_DIR}/{split}-{i:05d}-of-{count:05d}.parquet", table.slice(i * rows_per_shard, rows_per_shard))
         for i in range(count)
     ]
 
 
-def schema_description(schema: pa.Schema) -> list[dict[str, str]]:
-    return [{"name": f.name, "type": str(f.type)} for f in schema]
+def schema_description(schema: pa.Schema) -> list[ColumnType]:
+    return [ColumnType(name=f.name, type=str(f.type)) for f in schema]
 
 
 def write_release(
@@ -90,56 +98,63 @@ def write_release(
     version: str,
     out_root: Path,
     lineage: dict[str, Any] | None = None,
+    created_at: str | None = None,
 ) -> Path:
-    """Write `table` (schema.FILTERED rows) as release `<out_root>/<name>/<version>/`."""
+    """Write `table` (schema.FILTERED rows) as release `<out_root>/<name>/<version>/`.
+
+    `created_at` (default: now, UTC) is the one volatile field: fix it and the same rows and
+    config give the same bytes.
+    """
     check_version(version)
     name = config.release.name
     final = Path(out_root) / name / version
     if final.exists():
         existing = verify_release(final)
-        if existing.get("config_fingerprint") == config.fingerprint():
+        if existing.config_fingerprint == config.fingerprint():
             return final  # the same config was already released: nothing to do
         raise ReleaseError(
             f"release {name} {version} already exists at {final} with another config; "
             "releases are immutable — bump the version"
         )
     table = table.select(FILTERED.names).cast(FILTERED)
+    table = table.take(pc.sort_indices(table, [("id", "ascending")]))  # input order never shows in the bytes
     check_rows(table)
-    split = pa.array(assign_split(table["image_id"].to_pylist(), config.release.test_fraction, config.seed))
+    split = split_column(table["image_id"], config.release.test_fraction, config.seed)
     table = table.append_column("split", split).cast(RELEASE)
 
     staging = final.parent / f".{version}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        files, splits = [], {}
+        jobs, splits, split_bytes = [], {}, {}
         for split_name in SPLITS:
-            part = table.filter(pc.equal(table["split"], split_name))
-            part = part.take(pc.sort_indices(part, [("id", "ascending")]))
-            splits[split_name] = part.num_rows
-            for file_name, shard in _shards(split_name, part, config.release.rows_per_shard):
-                entry = write_parquet(staging / file_name, shard, staging)
-                files.append({**entry.to_dict(), "split": split_name})
+            part = table.filter(pc.equal(table["split"], split_name))  # keeps the id order
+            splits[split_name], split_bytes[split_name] = part.num_rows, part.nbytes
+            jobs += [(split_name, file_name, shard)
+                     for file_name, shard in _shards(split_name, part, config.release.rows_per_shard)]
+        with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:  # Parquet encoding frees the GIL
+            entries = list(pool.map(lambda job: write_parquet(staging / job[1], job[2], staging), jobs))
+        files = [ReleaseFile(**entry.to_dict(), split=job[0]) for job, entry in zip(jobs, entries)]
         lineage = lineage or {}
-        manifest = {
-            "name": name,
-            "version": version,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config_fingerprint": config.fingerprint(),
-            "config": config.model_dump(mode="json"),
-            "code_version": __version__,
-            "models": lineage.get("models", {}),
-            "prompt_hashes": sorted(set(table["prompt_hash"].to_pylist())),
-            "stages": lineage.get("stages", {}),
-            "splits": splits,
-            "license": config.release.license,
-            "files": files,
-            "schema": schema_description(RELEASE),
-        }
-        card = render_card(manifest, table)
-        card_sha = atomic_write_bytes(staging / "README.md", card.encode("utf-8"))
-        manifest["files"].append({"path": "README.md", "rows": 0, "bytes": len(card.encode()), "sha256": card_sha, "split": ""})
-        atomic_write_json(staging / "manifest.json", manifest)
+        manifest = ReleaseManifest(
+            name=name,
+            version=version,
+            created_at=created_at or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            config_fingerprint=config.fingerprint(),
+            config=config.model_dump(mode="json"),
+            code_version=__version__,
+            models=lineage.get("models", {}),
+            prompt_hashes=sorted(pc.unique(table["prompt_hash"]).to_pylist()),
+            stages=lineage.get("stages", {}),
+            splits=splits,
+            license=config.release.license,
+            files=files,
+            schema=schema_description(RELEASE),
+        )
+        card = render_card(manifest, table, seed=config.seed, split_bytes=split_bytes).encode("utf-8")
+        card_sha = atomic_write_bytes(staging / "README.md", card)
+        manifest.files.append(ReleaseFile(path="README.md", bytes=len(card), sha256=card_sha))
+        atomic_write_bytes(staging / "manifest.json", manifest.to_json_bytes())
         try:
             os.rename(staging, final)
         except OSError as exc:
@@ -151,16 +166,15 @@ def write_release(
 
 def run_lineage(run_dir: Path) -> dict[str, Any]:
     """Per-stage fingerprints, totals and model ids from a run's stage manifests."""
-    stages, models = {}, {}
+    stages: dict[str, StageLineage] = {}
+    models: dict[str, str] = {}
     for stage in LINEAGE_STAGES:
         if not (stage_dir(run_dir, stage) / MANIFEST).exists():
             continue  # a stage this run did not use (distill off); a malformed manifest is an error
         manifest = load_manifest(run_dir, stage)
-        stages[stage] = {
-            "fingerprint": manifest["fingerprint"],
-            "totals": manifest.get("totals", {}),
-            "stats": manifest.get("stats", {}),
-        }
+        stages[stage] = StageLineage(
+            fingerprint=manifest["fingerprint"], totals=manifest.get("totals", {}), stats=manifest.get("stats", {})
+        )
         models.update(manifest.get("models", {}))
         if "model_hash" in manifest:  # a stage that trained a model (train-ordering)
             models[f"{stage}.model"] = f"{manifest.get('base_model', '')}@{manifest['model_hash']}"
@@ -180,31 +194,3 @@ def build_release(config: RunConfig, run_dir: Path, version: str, out_root: Path
         row.setdefault("filter_score", None)
     table = pa.Table.from_pylist(rows, schema=FILTERED)
     return write_release(table, config, version, out_root, run_lineage(Path(run_dir)))
-
-
-def verify_release(release_dir: Path) -> dict[str, Any]:
-    """Load a release's manifest after checking every file it lists against its sha256."""
-    release_dir = Path(release_dir)
-    manifest_path = release_dir / "manifest.json"
-    if not manifest_path.exists():
-        raise ReleaseError(f"{release_dir} is not a release (no manifest.json)")
-    manifest = read_json(manifest_path)
-    for entry in manifest["files"]:
-        if not verify(release_dir / entry["path"], entry["sha256"]):
-            raise ReleaseError(f"{release_dir / entry['path']} is missing or fails its sha256 check")
-    return manifest
-
-
-def release_files(release_dir: Path, split: str | None = None) -> list[Path]:
-    """Verified Parquet shard paths of a release, optionally one split."""
-    manifest = verify_release(release_dir)
-    return [
-        Path(release_dir) / e["path"]
-        for e in manifest["files"]
-        if e["path"].endswith(".parquet") and (split is None or e["split"] == split)
-    ]
-
-
-def read_release(release_dir: Path, split: str | None = None) -> pa.Table:
-    files = release_files(release_dir, split)
-    return pa.concat_tables([pq.read_table(f) for f in files]) if files else RELEASE.empty_table()

@@ -6,9 +6,7 @@ import csv
 import io
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
-from hiercaps_gen.release import release_files
+from hiercaps_gen.release.read import read_release
 from hiercaps_gen.files import atomic_write_bytes
 from hiercaps_gen.hierarchy import join_levels
 
@@ -21,9 +19,8 @@ def export_hierarcaps_csv(release_dir: Path, out_file: Path, split: str | None =
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["positive", "negative", "image_url"])
     rows = 0
-    for path in release_files(release_dir, split):  # checksums verified first
-        for row in pq.read_table(path, columns=["positive", "negative", "image_url"]).to_pylist():
-            writer.writerow([join_levels(row["positive"]), join_levels(row["negative"]), row["image_url"]])
-            rows += 1
+    for row in read_release(release_dir, split, columns=["positive", "negative", "image_url"]).to_pylist():
+        writer.writerow([join_levels(row["positive"]), join_levels(row["negative"]), row["image_url"]])
+        rows += 1
     atomic_write_bytes(Path(out_file), buffer.getvalue().encode("utf-8"))
     return rows

@@ -1,18 +1,33 @@
-"""The dataset card (README.md) of a release, written from the release's own numbers.
+"""The dataset card (README.md) of a release: Hub metadata up front, the release's own numbers below.
 
-The statistics come from `release_stats`, the same functions the HTML report uses, so the card
-and the report never disagree. Encoder-based numbers (root distance, d_corr) need a model and are
-left to `hiercaps-gen report`.
+The YAML front matter is built with `huggingface_hub.DatasetCardData`, so the Hub, its dataset
+viewer and `datasets.load_dataset(release_dir)` read the splits from `configs` (`data/<split>-*`)
+and the schema and sizes from `dataset_info`. Shape statistics come from `release.stats`, the
+functions the HTML report uses; above `STATS_SAMPLE_ROWS` rows they are computed on a seeded
+sample, and the card says so. Encoder-based numbers (root distance, d_corr) are left to
+`hiercaps-gen report`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+from huggingface_hub import DatasetCardData
 
-from hiercaps_gen.release_stats import FunnelStep, funnel, funnel_gaps, hierarchy_stats
+from hiercaps_gen.release.manifest import SPLITS, ReleaseManifest
+from hiercaps_gen.release.stats import FunnelStep, funnel, funnel_gaps, hierarchy_stats
 from hiercaps_gen.hierarchy import LEVELS
+
+STATS_SAMPLE_ROWS = 5_000
+DATA_DIR = "data"
+HUB_LICENCES = {"coco": "cc-by-4.0"}  # a source whose captions carry a Hub-listed licence
+SOURCE_DATASETS = {"coco": "extended|coco", "cc": "extended|conceptual_captions"}
+DTYPES = {"double": "float64", "float": "float32", "halffloat": "float16"}
+SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                   (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"))
 
 SOURCE_LICENCES = {
     "coco": "MS-COCO captions © COCO Consortium, Creative Commons Attribution 4.0 (https://cocodataset.org)",
@@ -67,7 +82,63 @@ def _funnel_row(step: FunnelStep) -> str:
 
 
 def _distinct(table: pa.Table, column: str) -> list[str]:
-    return sorted({v for v in table.column(column).to_pylist() if v}) if table.num_rows else []
+    return sorted(v for v in pc.unique(table.column(column)).to_pylist() if v)
+
+
+def size_category(rows: int) -> str:
+    return next((label for limit, label in SIZE_CATEGORIES if rows < limit), "n>1T")
+
+
+def _dtype(arrow_type: pa.DataType) -> str:
+    """`datasets`' dtype name of an Arrow primitive (they differ for floats: double → float64)."""
+    return DTYPES.get(str(arrow_type), str(arrow_type))
+
+
+def feature(arrow_type: pa.DataType) -> dict[str, str]:
+    """The `datasets` YAML feature of a release column type (primitives and lists of them), written
+    here rather than with `datasets.Features`, whose import alone costs seconds per release."""
+    if pa.types.is_list(arrow_type):
+        return {"list": _dtype(arrow_type.value_type)}
+    return {"dtype": _dtype(arrow_type)}
+
+
+def stats_sample(table: pa.Table, seed: int) -> pa.Table:
+    """All rows up to STATS_SAMPLE_ROWS, else a seeded uniform sample of that many (in row order)."""
+    if table.num_rows <= STATS_SAMPLE_ROWS:
+        return table
+    picks = np.random.default_rng(seed).choice(table.num_rows, STATS_SAMPLE_ROWS, replace=False)
+    return table.take(pa.array(np.sort(picks)))
+
+
+def card_data(manifest: ReleaseManifest, table: pa.Table, split_bytes: dict[str, int]) -> DatasetCardData:
+    """Hub metadata: configs per split, dataset_info (features, split sizes), licence, language, sizes."""
+    sources = _distinct(table, "source")
+    hub_licence = HUB_LICENCES.get(sources[0]) if len(sources) == 1 else None
+    # `other` needs a license_name on the Hub; the card's "Source and licence" section spells it out
+    licence = {"license": hub_licence} if hub_licence else {"license": "other", "license_name": "hierarcaps-gen-mixed"}
+    total = sum(manifest.splits.values())
+    present = [split for split in SPLITS if manifest.splits.get(split)]  # an empty split has no files to point to
+    files = [f for f in manifest.files if f.is_data]
+    return DatasetCardData(
+        **licence,
+        pretty_name=manifest.name,
+        language=["en"],
+        annotations_creators=["machine-generated"],
+        language_creators=["found", "machine-generated"],
+        multilinguality=["monolingual"],
+        size_categories=[size_category(total)],
+        source_datasets=[SOURCE_DATASETS[s] for s in sources if s in SOURCE_DATASETS] or None,
+        task_categories=["text-retrieval", "zero-shot-image-classification"],
+        configs=[{"config_name": "default", "data_files": [
+            {"split": split, "path": f"{DATA_DIR}/{split}-*"} for split in present]}] if present else None,
+        dataset_info={
+            "features": [{"name": field.name, **feature(field.type)} for field in table.schema],
+            "splits": [{"name": split, "num_bytes": split_bytes.get(split, 0), "num_examples": manifest.splits[split]}
+                       for split in present],
+            "download_size": sum(f.bytes for f in files),
+            "dataset_size": sum(split_bytes.values()),
+        },
+    )
 
 
 def limitations(stats: dict[str, Any]) -> list[str]:
@@ -85,14 +156,21 @@ def limitations(stats: dict[str, Any]) -> list[str]:
     ]
 
 
-def render_card(manifest: dict[str, Any], table: pa.Table) -> str:
-    stats = hierarchy_stats(table)
+def render_card(manifest: ReleaseManifest, table: pa.Table, seed: int = 0,
+                split_bytes: dict[str, int] | None = None) -> str:
+    """README.md of a release: `DatasetCardData` front matter, then the card text.
+
+    `split_bytes` are the in-memory (Arrow) sizes of the splits for `dataset_info`; `seed` picks
+    the statistics sample of a large release.
+    """
+    sample = stats_sample(table, seed)
+    stats = hierarchy_stats(sample)
     steps = funnel(manifest)
     gaps = funnel_gaps(steps)
-    sources = _distinct(table, "source")
     generators = _distinct(table, "generator_model")
-    hub_licence = "cc-by-4.0" if sources == ["coco"] else "other"
-    models = "\n".join(f"- {role}: `{ident}`" for role, ident in manifest.get("models", {}).items()) or "- (none recorded)"
+    sources = _distinct(table, "source")
+    metadata = card_data(manifest, table, split_bytes or {})
+    models = "\n".join(f"- {role}: `{ident}`" for role, ident in manifest.models.items()) or "- (none recorded)"
     funnel_rows = "\n".join(_funnel_row(s) for s in steps)
     gap_lines = "".join(
         f"\n**{'Added' if n > 0 else 'Lost'} between {a} and {b}: {abs(n)} rows.**\n" for a, b, n in gaps
@@ -104,25 +182,18 @@ def render_card(manifest: dict[str, Any], table: pa.Table) -> str:
             f"\n## Example\n\n    positive: {' => '.join(first['positive'])}\n"
             f"    negative: {' => '.join(first['negative'])}\n"
         )
+    sampled = (f"computed on a seeded sample of {sample.num_rows:,} of the {table.num_rows:,} rows (seed {seed})"
+               if sample.num_rows < table.num_rows else f"computed on all {table.num_rows:,} rows")
     levels = " | ".join(f"level {i + 1}" for i in range(LEVELS))
     pairs = " | ".join(f"{k + 1}→{k + 2}" for k in range(LEVELS - 1))
     newline = "\n"
     return f"""---
-license: {hub_licence}
-pretty_name: {manifest['name']}
-task_categories: [text-retrieval, zero-shot-image-classification]
-configs:
-- config_name: default
-  data_files:
-  - split: train
-    path: train-*.parquet
-  - split: test
-    path: test-*.parquet
+{metadata.to_yaml()}
 ---
-# {manifest['name']} {manifest['version']}
+# {manifest.name} {manifest.version}
 
-HierarCaps-style caption hierarchies written by hierarcaps-gen {manifest['code_version']}
-(config `{manifest['config_fingerprint']}`). Each row holds a **positive** hierarchy of {LEVELS}
+HierarCaps-style caption hierarchies written by hierarcaps-gen {manifest.code_version}
+(config `{manifest.config_fingerprint}`). Each row holds a **positive** hierarchy of {LEVELS}
 descriptions, generic → specific, whose last level is the original caption, and a **negative**
 hierarchy whose level *k* is a plausible sibling of positive level *k* that is not true of the
 image (Alper & Averbuch-Elor, *Emergent Visual-Semantic Hierarchies in Image-Text
@@ -130,7 +201,7 @@ Representations*, ECCV 2024).
 
 ## Source and licence
 
-Release licence: {manifest['license']}.
+Release licence: {manifest.license}.
 
 {newline.join(f'- {line}' for line in source_licences(sources)) or '- (no rows)'}
 
@@ -140,11 +211,13 @@ Images are not included; `image_url` points to them under their own terms.
 
 | split | rows |
 |---|---|
-{newline.join(f'| {k} | {v} |' for k, v in manifest['splits'].items())}
+{newline.join(f'| {k} | {v} |' for k, v in manifest.splits.items())}
 
 Train and test share no image (split by a seeded hash of `image_id`).
 
 ## Statistics
+
+Shape statistics below are {sampled}.
 
 Mean words per level (1 → {LEVELS}; HierarCaps reference ≈ 1.2, 1.6, 6.3, 10.5 for positives and
 1.2, 1.9, 7.2, 11.8 for negatives):
@@ -171,7 +244,7 @@ Root distances and d_corr under an encoder, figures and sample hierarchies:
 Models:
 {models}
 
-Prompt template hashes: {', '.join(f'`{h}`' for h in manifest.get('prompt_hashes', [])) or '—'}
+Prompt template hashes: {', '.join(f'`{h}`' for h in manifest.prompt_hashes) or '—'}
 
 Acceptance funnel (throughput = input rows per second of stage compute):
 
@@ -199,8 +272,10 @@ Measured on this release:
 
 ```python
 from datasets import load_dataset
-ds = load_dataset("parquet", data_dir="path/to/{manifest['name']}/{manifest['version']}")
+ds = load_dataset("path/to/{manifest.name}/{manifest.version}")        # this directory: train and test
+ds = load_dataset("<org>/{manifest.name}", revision="{manifest.version}")  # once pushed to the Hub
 ```
 
-Every file's sha256 is in `manifest.json`; `hiercaps-gen pull` verifies them before use.
+Every file's sha256 is in `manifest.json`; `hiercaps-gen pull` verifies them before use:
+`hiercaps-gen pull hf://<org>/{manifest.name} --version {manifest.version}`.
 """

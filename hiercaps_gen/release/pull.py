@@ -1,0 +1,312 @@
+"""pull: fetch a release by its manifest, verify every byte, then make it visible in one rename.
+
+Sources:
+- a local path or `file://` URL holding version folders (`releases/<name>/`): `SOURCE/<version>/`;
+- `http(s)://` the same layout served over HTTP (resumed with Range after an interruption);
+- `hf://[datasets/]<org>/<repo>`: the Hub dataset repo at the git tag `<version>` that `push`
+  created, one `hf_hub_download` per manifest file (the library's retries and resume). Repos
+  from before `push` held every version as a folder on `main`; when the tag does not exist,
+  `hf://<org>/<repo>/<dir>` pulls `<dir>/<version>/` from `main` as before.
+
+The manifest is validated (`release.manifest`: safe relative paths only) before any download.
+Each file is hashed once, as it arrives: HTTP chunks as they are written, a local copy as read
+back from the kernel's copy, a Hub download before it is renamed (not copied) into place. A file
+whose sha256 or size differs from the manifest is deleted and the pull fails. Only when every
+file checks out is `DEST/.partial/<name>/<version>/` renamed to `DEST/<name>/<version>/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import httpx
+from tqdm import tqdm
+
+from hiercaps_gen.release.manifest import MAX_MANIFEST_BYTES, ManifestError, ReleaseFile, parse_manifest
+from hiercaps_gen.release.read import verify_release
+from hiercaps_gen.files import sha256_file
+
+CHUNK = 4 << 20
+WORKERS = min(8, os.cpu_count() or 1)
+
+
+class PullError(RuntimeError):
+    """A release cannot be pulled: unreachable, malformed or unsafe manifest, failed checksum."""
+
+
+class _RestartDownload(Exception):
+    pass
+
+
+def _copy_verified(chunks: Iterator[bytes], part: Path, entry: ReleaseFile, offset: int, bar: tqdm) -> None:
+    """Append `chunks` to `part` (which holds `offset` bytes already), hashing as they are written;
+    rename to the final name only when size and sha256 match the manifest."""
+    digest = hashlib.sha256()
+    if offset:
+        with open(part, "rb") as fh:
+            while chunk := fh.read(CHUNK):
+                digest.update(chunk)
+    size = offset
+    try:
+        with open(part, "ab") as fh:
+            for chunk in chunks:
+                size += len(chunk)
+                if size > entry.bytes:
+                    raise PullError(f"{entry.path}: larger than the {entry.bytes} bytes the manifest says")
+                digest.update(chunk)
+                fh.write(chunk)
+                bar.update(len(chunk))
+        if size != entry.bytes or digest.hexdigest() != entry.sha256:
+            raise PullError(f"{entry.path}: checksum mismatch (expected sha256 {entry.sha256}); file refused")
+    except PullError:  # refused bytes are never kept, not even to resume from
+        part.unlink(missing_ok=True)
+        raise
+    os.replace(part, part.with_name(part.name.removesuffix(".part")))
+
+
+class PathFetcher:
+    """Version folders on a local disk: `root/<version>/<file>`."""
+
+    def __init__(self, root: Path, version: str) -> None:
+        self.base = root / version
+
+    def manifest(self) -> bytes:
+        path = self.base / "manifest.json"
+        if not path.is_file():
+            raise PullError(f"{path} not found")
+        with open(path, "rb") as fh:
+            return fh.read(MAX_MANIFEST_BYTES + 1)
+
+    def fetch(self, entry: ReleaseFile, target: Path, bar: tqdm) -> None:
+        """The kernel copies (sendfile); each chunk is then hashed as read back from the copy, so
+        the bytes verified are the bytes that will be visible, read once in user space."""
+        part = target.with_name(target.name + ".part")
+        digest, size, buffer = hashlib.sha256(), 0, bytearray(CHUNK)
+        view = memoryview(buffer)
+        try:
+            with open(self.base / entry.path, "rb") as src, open(part, "w+b") as out:
+                while sent := os.sendfile(out.fileno(), src.fileno(), None, CHUNK):
+                    if size + sent > entry.bytes:
+                        raise PullError(f"{entry.path}: larger than the {entry.bytes} bytes the manifest says")
+                    done = 0
+                    while done < sent:
+                        n = os.preadv(out.fileno(), [view[done:sent]], size + done)
+                        if n == 0:
+                            raise PullError(f"{entry.path}: the copy was truncated while it was read back")
+                        digest.update(view[done:done + n])
+                        done += n
+                    size += sent
+                    bar.update(sent)
+            if size != entry.bytes or digest.hexdigest() != entry.sha256:
+                raise PullError(f"{entry.path}: checksum mismatch (expected sha256 {entry.sha256}); file refused")
+        except (PullError, OSError):
+            part.unlink(missing_ok=True)
+            raise
+        os.replace(part, target)
+
+    def finished(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class HttpFetcher:
+    """Version folders over HTTP(S): `base/<version>/<file>`, resumed with Range requests."""
+
+    def __init__(self, base: str, version: str) -> None:
+        self.base = base.rstrip("/") + f"/{version}/"
+        self.client = httpx.Client(follow_redirects=True, timeout=60)
+
+    def manifest(self) -> bytes:
+        try:
+            response = self.client.get(self.base + "manifest.json")
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise PullError(f"cannot fetch {self.base}manifest.json: {exc}") from None
+        return response.content[: MAX_MANIFEST_BYTES + 1]
+
+    def _stream(self, name: str, offset: int) -> Iterator[bytes]:
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        with self.client.stream("GET", self.base + name, headers=headers) as response:
+            if response.status_code >= 400:
+                raise PullError(f"cannot fetch {self.base + name}: HTTP {response.status_code}")
+            if offset and response.status_code != 206:  # server ignored Range: start over
+                raise _RestartDownload
+            yield from response.iter_bytes(CHUNK)
+
+    def fetch(self, entry: ReleaseFile, target: Path, bar: tqdm) -> None:
+        part = target.with_name(target.name + ".part")
+        offset = part.stat().st_size if part.exists() else 0
+        if offset > entry.bytes:
+            part.unlink()
+            offset = 0
+        bar.update(offset)
+        try:
+            _copy_verified(self._stream(entry.path, offset), part, entry, offset, bar)
+        except _RestartDownload:
+            part.unlink()
+            bar.update(-offset)
+            self.fetch(entry, target, bar)
+
+    def finished(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class HubFetcher:
+    """A Hub dataset repo: the version's git tag, or (older repos) `<dir>/<version>/` on main."""
+
+    def __init__(self, source: str, version: str, partial: Path, endpoint: str | None = None) -> None:
+        parts = source.removeprefix("hf://").strip("/").split("/")
+        if parts and parts[0] == "datasets":
+            parts = parts[1:]
+        if len(parts) < 2 or not all(parts):
+            raise PullError("hf sources look like hf://<org>/<repo> (or hf://datasets/<org>/<repo>[/<dir>])")
+        self.repo_id, self.subdir = "/".join(parts[:2]), "/".join(parts[2:])
+        self.version, self.endpoint = version, endpoint
+        # hf_hub_download keeps its resume state here, so an interrupted pull continues where it stopped
+        self.downloads = partial / f".hub-{self.repo_id.replace('/', '--')}-{version}"
+        self.revision, self.prefix = version, ""
+
+    def _download(self, name: str) -> Path:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(self.repo_id, self.prefix + name, repo_type="dataset", revision=self.revision,
+                                    local_dir=self.downloads, endpoint=self.endpoint))
+
+    def _read_manifest(self) -> bytes:
+        with open(self._download("manifest.json"), "rb") as fh:
+            return fh.read(MAX_MANIFEST_BYTES + 1)
+
+    def manifest(self) -> bytes:
+        from huggingface_hub.errors import (
+            HfHubHTTPError,
+            LocalEntryNotFoundError,
+            RemoteEntryNotFoundError,
+            RevisionNotFoundError,
+        )
+
+        unreachable = (HfHubHTTPError, LocalEntryNotFoundError)  # LocalEntryNotFound: offline or no connection
+        if not self.subdir:
+            try:
+                return self._read_manifest()
+            except RevisionNotFoundError:
+                pass  # no such tag: maybe a repo from before `push`, with version folders on main
+            except unreachable as exc:
+                raise PullError(f"cannot fetch manifest.json of hf://{self.repo_id} at tag {self.version}: {exc}") from None
+        self.revision, self.prefix = "main", (f"{self.subdir}/" if self.subdir else "") + f"{self.version}/"
+        try:
+            return self._read_manifest()
+        except (RemoteEntryNotFoundError, RevisionNotFoundError):
+            raise PullError(
+                f"hf://{self.repo_id} has no tag {self.version} and no {self.prefix}manifest.json on main. "
+                f"`hiercaps-gen push RELEASE --repo {self.repo_id}` tags each version it uploads; a repo that "
+                "holds version folders is pulled with hf://<org>/<repo>/<folder>. To convert such a repo, pull "
+                "each version from its folder and push it again."
+            ) from None
+        except unreachable as exc:
+            raise PullError(f"cannot fetch {self.prefix}manifest.json of hf://{self.repo_id}: {exc}") from None
+
+    def fetch(self, entry: ReleaseFile, target: Path, bar: tqdm) -> None:
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+        try:
+            path = self._download(entry.path)
+        except (HfHubHTTPError, LocalEntryNotFoundError) as exc:
+            raise PullError(f"cannot fetch {entry.path} from hf://{self.repo_id}@{self.revision}: {exc}") from None
+        if path.stat().st_size != entry.bytes or sha256_file(path) != entry.sha256:
+            path.unlink()  # never resumed from
+            raise PullError(f"{entry.path}: checksum mismatch (expected sha256 {entry.sha256}); file refused")
+        os.replace(path, target)  # same file system (both under DEST/.partial): a rename, not a copy
+        bar.update(entry.bytes)
+
+    def finished(self) -> None:
+        shutil.rmtree(self.downloads, ignore_errors=True)
+
+    def close(self) -> None:
+        pass
+
+
+def make_fetcher(source: str, version: str, dest: Path, endpoint: str | None = None) -> PathFetcher | HttpFetcher | HubFetcher:
+    parsed = urlparse(source)
+    if parsed.scheme in ("http", "https"):
+        return HttpFetcher(source, version)
+    if parsed.scheme == "hf":
+        return HubFetcher(source, version, dest / ".partial", endpoint)
+    if parsed.scheme in ("", "file"):
+        return PathFetcher(Path(unquote(parsed.path) if parsed.scheme == "file" else source), version)
+    raise PullError(f"unsupported source scheme {parsed.scheme!r} (path, file://, http(s)://, hf://)")
+
+
+def pull(
+    source: str,
+    version: str,
+    dest: Path,
+    manifest_sha256: str | None = None,
+    progress: bool = True,
+    endpoint: str | None = None,
+) -> Path:
+    """Pull release `version` from `source` into `dest/<name>/<version>/` and return that path.
+
+    `endpoint` overrides the Hub endpoint for hf:// sources (default: HF_ENDPOINT or the Hub).
+    """
+    dest = Path(dest).resolve()
+    fetcher = make_fetcher(source, version, dest, endpoint)
+    try:
+        raw = fetcher.manifest()
+        if manifest_sha256 and hashlib.sha256(raw).hexdigest() != manifest_sha256:
+            raise PullError("manifest.json does not match --manifest-sha256; refused")
+        try:
+            manifest = parse_manifest(raw)
+        except ManifestError as exc:
+            raise PullError(str(exc)) from None
+        if manifest.version != version:
+            raise PullError(f"manifest says version {manifest.version}, asked for {version}")
+        final = dest / manifest.name / version
+        if final.exists():
+            verify_release(final)  # already pulled: only accept it if it still checks out
+            return final
+        staging = dest / ".partial" / manifest.name / version
+        staging.mkdir(parents=True, exist_ok=True)
+        total = sum(f.bytes for f in manifest.files)
+        resumed, todo = [], []
+        for entry in manifest.files:
+            target = (staging / entry.path).resolve()
+            if not target.is_relative_to(staging.resolve()):
+                raise PullError(f"unsafe path in manifest: {entry.path!r}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # a file at its final name was completed and checked by an interrupted pull: check it again
+            (resumed if target.is_file() else todo).append((entry, target))
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"pull {manifest.name} {version}",
+                  disable=not progress) as bar, ThreadPoolExecutor(max_workers=WORKERS) as pool:
+            bar.update(sum(entry.bytes for entry, _ in resumed))
+            # files in parallel: copying and hashing free the GIL, so each file gets a core
+            for future in [pool.submit(fetcher.fetch, entry, target, bar) for entry, target in todo]:
+                future.result()
+        for entry, path in resumed:
+            if path.stat().st_size != entry.bytes or sha256_file(path) != entry.sha256:
+                path.unlink()
+                raise PullError(f"{entry.path}: checksum mismatch in a resumed pull; file removed, pull again")
+        # no fsync here or per file: nothing is visible before the rename below, and every reader
+        # (verify_release) checks each file's sha256, so a torn write after a crash is refused, not used
+        (staging / "manifest.json").write_bytes(raw)
+        fetcher.finished()
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staging, final)
+        for empty in (dest / ".partial" / manifest.name, dest / ".partial"):
+            try:
+                empty.rmdir()
+            except OSError:  # still holds other partial pulls
+                break
+        return final
+    finally:
+        fetcher.close()
