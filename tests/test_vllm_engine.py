@@ -71,6 +71,24 @@ def test_abstract_stage_on_vllm_with_structured_outputs_and_prefix_caching(tmp_p
         assert generation.prefix_cached_tokens >= shared // block * block > 0
 
 
+def test_seeded_sampling_of_a_batch_larger_than_one_step_is_reproducible(smollm2_vllm):
+    """Retries sample with per-request seeds; a batch whose prompts exceed one step's token budget
+    used to be prefilled in chunks, after which vLLM rewinds the seeded CPU generator and the
+    engine dies ("CPU Generator does not use offset"). Whole-prompt steps make it run, twice alike."""
+    template = load_prompt("abstract_v1")
+    def messages(i: int, caption: str):  # a different first line: no prefix cache hit shortens a prompt
+        (role, system), *rest = template.messages(caption)
+        return ((role, f"Request {i}. {system}"), *rest)
+
+    requests = [GenerationRequest(messages(i, caption), Sampling(max_new_tokens=12, temperature=1.0, seed=1000 + i))
+                for i, caption in enumerate(sample_captions(48))]
+    budget = smollm2_vllm.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    assert sum(len(ids) for ids in smollm2_vllm.prompt_ids(requests)) > budget  # more than one step's prompts
+    first = [g.text for g in smollm2_vllm.generate(requests)]
+    second = [g.text for g in smollm2_vllm.generate(list(reversed(requests)))][::-1]
+    assert first == second and len(set(first)) > len(first) // 2  # seeded per request, not one draw for all
+
+
 def _bos_model(directory: Path) -> tuple[Path, int]:
     """A tiny random Llama (head size 64, which vLLM's CPU attention supports) whose tokenizer adds
     BOS when asked for special tokens and whose chat template starts with that same token."""

@@ -67,6 +67,10 @@ def engine_settings(llm: LLMConfig, model_dir: str) -> tuple[dict[str, Any], dic
     env: dict[str, str] = {}
     if on_cpu(llm.device):
         args["enforce_eager"] = not llm.compile
+        # Whole prompts per step: after a partial (chunked) prefill vLLM rewinds a seeded request's
+        # generator, which a CPU generator cannot do ("CPU Generator does not use offset").
+        args["enable_chunked_prefill"] = False
+        args["max_num_batched_tokens"] = llm.max_model_len or model_context(model_dir)
         env["VLLM_CPU_KVCACHE_SPACE"] = str(llm.kv_cache_gib)
         env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
         if llm.threads is not None:  # a share of a machine: no pinning to cores others use too
@@ -76,6 +80,15 @@ def engine_settings(llm: LLMConfig, model_dir: str) -> tuple[dict[str, Any], dic
         args["gpu_memory_utilization"] = llm.gpu_memory_utilization
         args["enforce_eager"] = not llm.compile
     return args, env
+
+
+def model_context(model_dir: str, default: int = 8192) -> int:
+    """The context length a model directory declares (`max_position_embeddings`), else `default`."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+    return int(config.get("max_position_embeddings") or default)
 
 
 def build_llm(llm: LLMConfig, model_dir: str | None = None) -> Any:
