@@ -58,7 +58,7 @@ def _candidates(path: str, value: Any, tmp_path: Path) -> list[Any]:
         return [value + "-other", "other"]
     if isinstance(value, list):
         return [value + value[:1] if value else ["http://127.0.0.1:1/v1"]]
-    return [2, 0.5, "other", True, ["http://127.0.0.1:1/v1"]]  # None: an optional value set
+    return [2, 0.5, 2048, "other", True, ["http://127.0.0.1:1/v1"]]  # None: an optional value set
 
 
 def _changed(config: RunConfig, path: str, tmp_path: Path) -> RunConfig:
