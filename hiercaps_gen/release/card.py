@@ -10,7 +10,7 @@ sample, and the card says so. Encoder-based numbers (root distance, d_corr) are 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -102,12 +102,30 @@ def feature(arrow_type: pa.DataType) -> dict[str, str]:
     return {"dtype": _dtype(arrow_type)}
 
 
-def stats_sample(table: pa.Table, seed: int) -> pa.Table:
-    """All rows up to STATS_SAMPLE_ROWS, else a seeded uniform sample of that many (in row order)."""
+def stats_sample(table: pa.Table, seed: int, order: pa.Array | None = None) -> pa.Table:
+    """All rows up to STATS_SAMPLE_ROWS, else a seeded uniform sample of that many, in id order.
+
+    `order` sorts `table` by id when it is not sorted itself (the writer never sorts it whole):
+    the sample is then picked among the sorted positions, so it is the same rows either way."""
     if table.num_rows <= STATS_SAMPLE_ROWS:
-        return table
-    picks = np.random.default_rng(seed).choice(table.num_rows, STATS_SAMPLE_ROWS, replace=False)
-    return table.take(pa.array(np.sort(picks)))
+        return table if order is None else table.take(order)
+    picks = pa.array(np.sort(np.random.default_rng(seed).choice(table.num_rows, STATS_SAMPLE_ROWS, replace=False)))
+    return table.take(picks if order is None else pc.take(order, picks))
+
+
+class CardStatistics(NamedTuple):
+    """The card's shape statistics and the sample they were computed on."""
+
+    stats: dict[str, Any]
+    sampled: int
+    seed: int
+
+
+def card_statistics(table: pa.Table, seed: int, order: pa.Array | None = None) -> CardStatistics:
+    """Shape statistics of (a seeded sample of) the release rows; pure Python, so the writer runs
+    it while the shards are encoded in other threads."""
+    sample = stats_sample(table, seed, order)
+    return CardStatistics(hierarchy_stats(sample), sample.num_rows, seed)
 
 
 def card_data(manifest: ReleaseManifest, table: pa.Table, split_bytes: dict[str, int]) -> DatasetCardData:
@@ -156,15 +174,15 @@ def limitations(stats: dict[str, Any]) -> list[str]:
     ]
 
 
-def render_card(manifest: ReleaseManifest, table: pa.Table, seed: int = 0,
-                split_bytes: dict[str, int] | None = None) -> str:
+def render_card(manifest: ReleaseManifest, table: pa.Table, statistics: CardStatistics | None = None,
+                split_bytes: dict[str, int] | None = None, order: pa.Array | None = None) -> str:
     """README.md of a release: `DatasetCardData` front matter, then the card text.
 
-    `split_bytes` are the in-memory (Arrow) sizes of the splits for `dataset_info`; `seed` picks
-    the statistics sample of a large release.
+    `statistics` default to `card_statistics(table, seed 0, order)`; `split_bytes` are the
+    in-memory (Arrow) sizes of the splits for `dataset_info`; `order` sorts `table` by id.
     """
-    sample = stats_sample(table, seed)
-    stats = hierarchy_stats(sample)
+    statistics = statistics or card_statistics(table, 0, order)
+    stats = statistics.stats
     steps = funnel(manifest)
     gaps = funnel_gaps(steps)
     generators = _distinct(table, "generator_model")
@@ -177,13 +195,14 @@ def render_card(manifest: ReleaseManifest, table: pa.Table, seed: int = 0,
     )
     example = ""
     if table.num_rows:
-        first = table.slice(0, 1).to_pylist()[0]
+        first = table.slice(0 if order is None else order[0].as_py(), 1).to_pylist()[0]
         example = (
             f"\n## Example\n\n    positive: {' => '.join(first['positive'])}\n"
             f"    negative: {' => '.join(first['negative'])}\n"
         )
-    sampled = (f"computed on a seeded sample of {sample.num_rows:,} of the {table.num_rows:,} rows (seed {seed})"
-               if sample.num_rows < table.num_rows else f"computed on all {table.num_rows:,} rows")
+    sampled = (f"computed on a seeded sample of {statistics.sampled:,} of the {table.num_rows:,} rows "
+               f"(seed {statistics.seed})" if statistics.sampled < table.num_rows
+               else f"computed on all {table.num_rows:,} rows")
     levels = " | ".join(f"level {i + 1}" for i in range(LEVELS))
     pairs = " | ".join(f"{k + 1}→{k + 2}" for k in range(LEVELS - 1))
     newline = "\n"

@@ -28,11 +28,11 @@ import pyarrow.compute as pc
 
 from hiercaps_gen import __version__
 from hiercaps_gen.config import RunConfig
-from hiercaps_gen.release.card import DATA_DIR, render_card
+from hiercaps_gen.release.card import DATA_DIR, card_statistics, render_card
 from hiercaps_gen.release.manifest import SEMVER, SPLITS, ColumnType, ReleaseFile, ReleaseManifest, StageLineage
 from hiercaps_gen.release.read import ReleaseError, verify_release
 from hiercaps_gen.hierarchy import FILTERED, LEVELS, RELEASE
-from hiercaps_gen.files import atomic_write_bytes, write_parquet
+from hiercaps_gen.files import FileEntry, atomic_write_bytes, write_parquet
 from hiercaps_gen.stages.base import MANIFEST, load_manifest, read_stage_rows, stage_dir
 from hiercaps_gen.stages.registry import NAMES
 
@@ -48,8 +48,9 @@ def check_version(version: str) -> str:
 def assign_split(image_ids: list[str], test_fraction: float, seed: int) -> list[str]:
     """Split by a seeded hash of the image id, so no image is in both train and test."""
     threshold = int(test_fraction * 2**64)
+    # the first 8 digest bytes as a big-endian int (= int(hexdigest[:16], 16), without the hex round trip)
     return [
-        "test" if int(hashlib.sha256(f"{seed}:{i}".encode()).hexdigest()[:16], 16) < threshold else "train"
+        "test" if int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8], "big") < threshold else "train"
         for i in image_ids
     ]
 
@@ -61,31 +62,37 @@ def split_column(image_ids: pa.ChunkedArray, test_fraction: float, seed: int) ->
     return pc.take(splits, pc.index_in(image_ids, value_set=distinct))
 
 
-def check_rows(table: pa.Table) -> None:
+def check_rows(table: pa.Table, sorted_ids: pa.ChunkedArray | pa.Array) -> None:
     """The row contract: 4 positive and 4 negative levels, positive level 4 is the caption, unique
-    ids. `table` must be sorted by id."""
+    ids. `sorted_ids` are the table's ids in sorted order, where a duplicate sits next to its twin."""
     if table.num_rows == 0:
         return
     for column in ("positive", "negative"):
-        lengths = pc.list_value_length(table[column])
-        if pc.min(lengths).as_py() != LEVELS or pc.max(lengths).as_py() != LEVELS:
+        extremes = pc.min_max(pc.list_value_length(table[column]))
+        if extremes["min"].as_py() != LEVELS or extremes["max"].as_py() != LEVELS:
             raise ReleaseError(f"every row needs {LEVELS} '{column}' levels")
     last = pc.list_element(table["positive"], LEVELS - 1)
     if not pc.all(pc.equal(last, table["caption"])).as_py():
         raise ReleaseError("positive level 4 must equal the caption in every row")
-    ids = table["id"]  # sorted by the writer: a duplicate sits next to its twin
-    if table.num_rows > 1 and pc.any(pc.equal(ids.slice(1), ids.slice(0, table.num_rows - 1))).as_py():
+    n = len(sorted_ids)
+    if n > 1 and pc.any(pc.equal(sorted_ids.slice(1), sorted_ids.slice(0, n - 1))).as_py():
         raise ReleaseError("duplicate row ids")
 
 
-def _shards(split: str, table: pa.Table, rows_per_shard: int) -> list[tuple[str, pa.Table]]:
-    """`data/<split>-NNNNN-of-MMMMM.parquet` slices; none for an empty split (`datasets` cannot read
-    an empty Parquet file, and the card lists only splits that have rows)."""
-    count = -(-table.num_rows // rows_per_shard)
+def _shards(split: str, rows: pa.Array, rows_per_shard: int) -> list[tuple[str, pa.Array]]:
+    """`data/<split>-NNNNN-of-MMMMM.parquet` with the row indices each holds; none for an empty
+    split (`datasets` cannot read an empty Parquet file, and the card lists only splits with rows)."""
+    count = -(-len(rows) // rows_per_shard)
     return [
-        (f"{DATA_DIR}/{split}-{i:05d}-of-{count:05d}.parquet", table.slice(i * rows_per_shard, rows_per_shard))
+        (f"{DATA_DIR}/{split}-{i:05d}-of-{count:05d}.parquet", rows.slice(i * rows_per_shard, rows_per_shard))
         for i in range(count)
     ]
+
+
+def _write_shard(table: pa.Table, rows: pa.Array, path: Path, root: Path) -> tuple[FileEntry, int]:
+    """Gather one shard's rows and write them; (its file entry, its in-memory Arrow bytes)."""
+    shard = table.take(rows)
+    return write_parquet(path, shard, root), shard.nbytes
 
 
 def schema_description(schema: pa.Schema) -> list[ColumnType]:
@@ -117,24 +124,31 @@ def write_release(
             "releases are immutable — bump the version"
         )
     table = table.select(FILTERED.names).cast(FILTERED)
-    table = table.take(pc.sort_indices(table, [("id", "ascending")]))  # input order never shows in the bytes
-    check_rows(table)
+    # rows are never sorted as a whole: each shard gathers its own rows in id order, in parallel,
+    # so the input order never shows in the bytes and no full sorted copy is made
+    order = pc.sort_indices(table, [("id", "ascending")])
+    check_rows(table, pc.take(table["id"], order))
     split = split_column(table["image_id"], config.release.test_fraction, config.seed)
     table = table.append_column("split", split).cast(RELEASE)
+    split_in_order = pc.take(split, order)
 
     staging = final.parent / f".{version}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        jobs, splits, split_bytes = [], {}, {}
+        jobs, splits = [], {}
         for split_name in SPLITS:
-            part = table.filter(pc.equal(table["split"], split_name))  # keeps the id order
-            splits[split_name], split_bytes[split_name] = part.num_rows, part.nbytes
-            jobs += [(split_name, file_name, shard)
-                     for file_name, shard in _shards(split_name, part, config.release.rows_per_shard)]
-        with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:  # Parquet encoding frees the GIL
-            entries = list(pool.map(lambda job: write_parquet(staging / job[1], job[2], staging), jobs))
-        files = [ReleaseFile(**entry.to_dict(), split=job[0]) for job, entry in zip(jobs, entries)]
+            rows = pc.filter(order, pc.equal(split_in_order, split_name))  # keeps the id order
+            splits[split_name] = len(rows)
+            jobs += [(split_name, file_name, shard) for file_name, shard in _shards(split_name, rows, config.release.rows_per_shard)]
+        # gathering and Parquet encoding free the GIL: shards use every core while this thread
+        # computes the card's (pure Python) statistics
+        with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+            futures = [pool.submit(_write_shard, table, rows, staging / file_name, staging) for _, file_name, rows in jobs]
+            statistics = card_statistics(table, config.seed, order)
+            written = [future.result() for future in futures]
+        files = [ReleaseFile(**entry.to_dict(), split=job[0]) for job, (entry, _) in zip(jobs, written)]
+        split_bytes = {name: sum(size for job, (_, size) in zip(jobs, written) if job[0] == name) for name in SPLITS}
         lineage = lineage or {}
         manifest = ReleaseManifest(
             name=name,
@@ -151,7 +165,7 @@ def write_release(
             files=files,
             schema=schema_description(RELEASE),
         )
-        card = render_card(manifest, table, seed=config.seed, split_bytes=split_bytes).encode("utf-8")
+        card = render_card(manifest, table, statistics, split_bytes=split_bytes, order=order).encode("utf-8")
         card_sha = atomic_write_bytes(staging / "README.md", card)
         manifest.files.append(ReleaseFile(path="README.md", bytes=len(card), sha256=card_sha))
         atomic_write_bytes(staging / "manifest.json", manifest.to_json_bytes())
