@@ -93,6 +93,23 @@ def test_tampered_file_is_refused_and_never_visible(releases, http_server, tmp_p
         assert not list((tmp_path / "dest").rglob(shard.name + "*"))
 
 
+def test_path_pull_refuses_a_longer_or_shorter_file_and_replaces_a_stale_part(releases, tmp_path):
+    shard = next((releases / NAME / "1.2.3").glob("data/train-00000-of-*.parquet"))
+    data = shard.read_bytes()
+    for changed, error in ((data + b"x", "larger than"), (data[:-1], "checksum mismatch")):
+        shard.write_bytes(changed)
+        with pytest.raises(PullError, match=error):
+            pull(str(releases / NAME), "1.2.3", tmp_path / "dest", progress=False)
+        assert not (tmp_path / "dest" / NAME / "1.2.3").exists()
+        assert not list((tmp_path / "dest").rglob(shard.name + "*"))
+    shard.write_bytes(data)
+    stale = tmp_path / "dest/.partial" / NAME / "1.2.3" / shard.relative_to(releases / NAME / "1.2.3")
+    stale.with_name(shard.name + ".part").write_bytes(b"left by a killed pull" * 1000)
+    got = pull(str(releases / NAME), "1.2.3", tmp_path / "dest", progress=False)
+    assert (got / stale.relative_to(stale.parents[1])).read_bytes() == data
+    assert not list(got.rglob("*.part"))
+
+
 @pytest.mark.parametrize("bad_path", ["../../evil.parquet", "/etc/passwd", "a/../../b", "..", ".hidden",
                                       "sub\\..\\x", "ok/../../x.parquet", ""])
 def test_manifest_paths_cannot_escape(releases, tmp_path, bad_path):

@@ -18,11 +18,14 @@ file checks out is `DEST/.partial/<name>/<version>/` renamed to `DEST/<name>/<ve
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 import httpx
@@ -33,6 +36,7 @@ from hiercaps_gen.release.read import verify_release
 from hiercaps_gen.files import sha256_file
 
 CHUNK = 4 << 20
+SENDFILE_MAX = 1 << 30
 WORKERS = min(8, os.cpu_count() or 1)
 
 
@@ -44,7 +48,27 @@ class _RestartDownload(Exception):
     pass
 
 
-def _copy_verified(chunks: Iterator[bytes], part: Path, entry: ReleaseFile, offset: int, bar: tqdm) -> None:
+class Progress(Protocol):
+    def update(self, n: float | None = 1) -> bool | None: ...
+
+
+class _Silent:
+    """The progress bar of a quiet pull (tqdm's own set-up costs more than a small pull's copy)."""
+
+    def update(self, n: float | None = 1) -> None:
+        pass
+
+
+def _sha256_of(fd: int, size: int) -> str:
+    """sha256 of the first `size` bytes of an open file, hashed through a read-only mapping (one
+    call: hashlib frees the GIL for it, so files hash in parallel threads)."""
+    if size == 0:
+        return hashlib.sha256().hexdigest()
+    with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
+        return hashlib.sha256(mapped).hexdigest()
+
+
+def _copy_verified(chunks: Iterator[bytes], part: Path, entry: ReleaseFile, offset: int, bar: Progress) -> None:
     """Append `chunks` to `part` (which holds `offset` bytes already), hashing as they are written;
     rename to the final name only when size and sha256 match the manifest."""
     digest = hashlib.sha256()
@@ -83,32 +107,27 @@ class PathFetcher:
         with open(path, "rb") as fh:
             return fh.read(MAX_MANIFEST_BYTES + 1)
 
-    def fetch(self, entry: ReleaseFile, target: Path, bar: tqdm) -> None:
-        """The kernel copies (sendfile); each chunk is then hashed as read back from the copy, so
-        the bytes verified are the bytes that will be visible, read once in user space."""
+    def fetch(self, entry: ReleaseFile, target: Path, bar: Progress) -> None:
+        """The kernel copies (sendfile, at most one byte more than the manifest says), then the copy
+        is hashed through a read-only mapping: the bytes verified are the bytes that will be
+        visible, hashed straight from the page cache without being copied into user space."""
         part = target.with_name(target.name + ".part")
-        digest, size, buffer = hashlib.sha256(), 0, bytearray(CHUNK)
-        view = memoryview(buffer)
+        part.unlink(missing_ok=True)  # a new file, never truncated in place: no mapping of it can lose its pages
         try:
-            with open(self.base / entry.path, "rb") as src, open(part, "w+b") as out:
-                while sent := os.sendfile(out.fileno(), src.fileno(), None, CHUNK):
-                    if size + sent > entry.bytes:
-                        raise PullError(f"{entry.path}: larger than the {entry.bytes} bytes the manifest says")
-                    done = 0
-                    while done < sent:
-                        n = os.preadv(out.fileno(), [view[done:sent]], size + done)
-                        if n == 0:
-                            raise PullError(f"{entry.path}: the copy was truncated while it was read back")
-                        digest.update(view[done:done + n])
-                        done += n
+            with open(self.base / entry.path, "rb") as src, open(part, "x+b") as out:
+                size = 0
+                while sent := os.sendfile(out.fileno(), src.fileno(), None, min(SENDFILE_MAX, entry.bytes + 1 - size)):
                     size += sent
-                    bar.update(sent)
-            if size != entry.bytes or digest.hexdigest() != entry.sha256:
+                    if size > entry.bytes:
+                        raise PullError(f"{entry.path}: larger than the {entry.bytes} bytes the manifest says")
+                digest = _sha256_of(out.fileno(), size)
+            if size != entry.bytes or digest != entry.sha256:
                 raise PullError(f"{entry.path}: checksum mismatch (expected sha256 {entry.sha256}); file refused")
         except (PullError, OSError):
             part.unlink(missing_ok=True)
             raise
         os.replace(part, target)
+        bar.update(size)
 
     def finished(self) -> None:
         pass
@@ -141,7 +160,7 @@ class HttpFetcher:
                 raise _RestartDownload
             yield from response.iter_bytes(CHUNK)
 
-    def fetch(self, entry: ReleaseFile, target: Path, bar: tqdm) -> None:
+    def fetch(self, entry: ReleaseFile, target: Path, bar: Progress) -> None:
         part = target.with_name(target.name + ".part")
         offset = part.stat().st_size if part.exists() else 0
         if offset > entry.bytes:
@@ -216,7 +235,7 @@ class HubFetcher:
         except unreachable as exc:
             raise PullError(f"cannot fetch {self.prefix}manifest.json of hf://{self.repo_id}: {exc}") from None
 
-    def fetch(self, entry: ReleaseFile, target: Path, bar: tqdm) -> None:
+    def fetch(self, entry: ReleaseFile, target: Path, bar: Progress) -> None:
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
         try:
@@ -286,8 +305,9 @@ def pull(
             target.parent.mkdir(parents=True, exist_ok=True)
             # a file at its final name was completed and checked by an interrupted pull: check it again
             (resumed if target.is_file() else todo).append((entry, target))
-        with tqdm(total=total, unit="B", unit_scale=True, desc=f"pull {manifest.name} {version}",
-                  disable=not progress) as bar, ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        todo.sort(key=lambda job: -job[0].bytes)  # largest first: the workers finish together
+        bars = tqdm(total=total, unit="B", unit_scale=True, desc=f"pull {manifest.name} {version}") if progress else nullcontext(_Silent())
+        with bars as bar, ThreadPoolExecutor(max_workers=WORKERS) as pool:
             bar.update(sum(entry.bytes for entry, _ in resumed))
             # files in parallel: copying and hashing free the GIL, so each file gets a core
             for future in [pool.submit(fetcher.fetch, entry, target, bar) for entry, target in todo]:
