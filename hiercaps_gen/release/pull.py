@@ -9,8 +9,9 @@ Sources:
   `hf://<org>/<repo>/<dir>` pulls `<dir>/<version>/` from `main` as before.
 
 The manifest is validated (`release.manifest`: safe relative paths only) before any download.
-Each file is hashed once, as it arrives: HTTP chunks as they are written, a local copy as read
-back from the kernel's copy, a Hub download before it is renamed (not copied) into place. A file
+Each file is hashed once, as it arrives: HTTP chunks as they are written, a local copy through a
+read-only mapping of the kernel's copy (no user-space copy of the bytes), a Hub download before
+it is renamed (not copied) into place; files run in parallel threads, largest first. A file
 whose sha256 or size differs from the manifest is deleted and the pull fails. Only when every
 file checks out is `DEST/.partial/<name>/<version>/` renamed to `DEST/<name>/<version>/`.
 """

@@ -79,6 +79,15 @@ def check_rows(table: pa.Table, sorted_ids: pa.ChunkedArray | pa.Array) -> None:
         raise ReleaseError("duplicate row ids")
 
 
+def id_order(table: pa.Table) -> pa.Array:
+    """The row indices that sort `table` by id, after checking the row contract. The rows are
+    never sorted as a whole: each shard gathers its own rows in this order, in parallel, so the
+    input order never shows in the bytes and no full sorted copy is made."""
+    order = pc.sort_indices(table, [("id", "ascending")])
+    check_rows(table, pc.take(table["id"], order))
+    return order
+
+
 def _shards(split: str, rows: pa.Array, rows_per_shard: int) -> list[tuple[str, pa.Array]]:
     """`data/<split>-NNNNN-of-MMMMM.parquet` with the row indices each holds; none for an empty
     split (`datasets` cannot read an empty Parquet file, and the card lists only splits with rows)."""
@@ -124,11 +133,10 @@ def write_release(
             "releases are immutable — bump the version"
         )
     table = table.select(FILTERED.names).cast(FILTERED)
-    # rows are never sorted as a whole: each shard gathers its own rows in id order, in parallel,
-    # so the input order never shows in the bytes and no full sorted copy is made
-    order = pc.sort_indices(table, [("id", "ascending")])
-    check_rows(table, pc.take(table["id"], order))
-    split = split_column(table["image_id"], config.release.test_fraction, config.seed)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # Arrow frees the GIL: sort and check while this thread hashes ids
+        sorting = pool.submit(id_order, table)
+        split = split_column(table["image_id"], config.release.test_fraction, config.seed)
+        order = sorting.result()
     table = table.append_column("split", split).cast(RELEASE)
     split_in_order = pc.take(split, order)
 
