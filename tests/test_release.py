@@ -66,6 +66,10 @@ def test_release_refuses_broken_rows(tmp_path):
     rows[1]["positive"][3] = "not the caption"
     with pytest.raises(ReleaseError, match="caption"):
         write_release(pa.Table.from_pylist(rows, schema=FILTERED), RunConfig(), "0.1.0", tmp_path)
+    rows = synthetic_rows(5)
+    rows[4] = {**rows[4], "id": rows[0]["id"]}  # twins far apart in the input: found in id order
+    with pytest.raises(ReleaseError, match="duplicate row ids"):
+        write_release(pa.Table.from_pylist(rows, schema=FILTERED), RunConfig(), "0.1.0", tmp_path)
     assert not (tmp_path / "hierarcaps-gen-sample/0.1.0").exists()
 
 
