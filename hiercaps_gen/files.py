@@ -8,7 +8,6 @@ at — never a half file under the real name.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -54,7 +53,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> str:
+def atomic_write_bytes(path: Path, data: bytes | memoryview) -> str:
     """Write `data` to `path` atomically; return its sha256."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
@@ -76,11 +75,16 @@ def atomic_write_json(path: Path, obj: Any) -> str:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def write_parquet(path: Path, table: pa.Table, relative_to: Path | None = None) -> FileEntry:
-    """Write a Parquet file atomically (zstd, deterministic bytes for the same table)."""
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd", write_statistics=True)
-    data = buffer.getvalue()
+def write_parquet(path: Path, table: pa.Table, relative_to: Path | None = None, *,
+                  use_dictionary: bool | list[str] = True, write_statistics: bool | list[str] = True) -> FileEntry:
+    """Write a Parquet file atomically (zstd, deterministic bytes for the same table); the two
+    options are pyarrow's (which columns get dictionary pages, which get min/max statistics).
+
+    Encoded into an Arrow buffer, not a Python file object: the writer never needs the GIL, so
+    shards encode in parallel threads while Python code runs in another."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", use_dictionary=use_dictionary, write_statistics=write_statistics)
+    data = memoryview(sink.getvalue())
     sha = atomic_write_bytes(path, data)
     name = str(path.relative_to(relative_to)) if relative_to else path.name
     return FileEntry(path=name, rows=table.num_rows, bytes=len(data), sha256=sha)

