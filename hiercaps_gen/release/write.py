@@ -142,10 +142,8 @@ def write_release(
             "releases are immutable — bump the version"
         )
     table = table.select(FILTERED.names).cast(FILTERED)
-    with ThreadPoolExecutor(max_workers=1) as pool:  # Arrow frees the GIL: sort and check while this thread hashes ids
-        sorting = pool.submit(id_order, table)
-        split = split_column(table["image_id"], config.release.test_fraction, config.seed)
-        order = sorting.result()
+    order = id_order(table)
+    split = split_column(table["image_id"], config.release.test_fraction, config.seed)
     table = table.append_column("split", split).cast(RELEASE)
     split_in_order = pc.take(split, order)
 
