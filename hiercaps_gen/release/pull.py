@@ -110,7 +110,7 @@ def run_in_threads(calls: list[tuple[Callable[..., object], tuple[Any, ...]]], t
                 return
             try:
                 call[0](*call[1])
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread below
+            except BaseException as exc:  # re-raised in the calling thread below
                 errors.append(exc)
                 stop.set()
 
@@ -336,7 +336,8 @@ def pull(
             # a file at its final name was completed and checked by an interrupted pull: check it again
             (resumed if target.is_file() else todo).append((entry, target))
         todo.sort(key=lambda job: -job[0].bytes)  # largest first: the workers finish together
-        bars = tqdm(total=total, unit="B", unit_scale=True, desc=f"pull {manifest.name} {version}") if progress else nullcontext(_Silent())
+        bars = (tqdm(total=total, unit="B", unit_scale=True, desc=f"pull {manifest.name} {version}")
+                if progress else nullcontext(_Silent()))
         with bars as bar:
             bar.update(sum(entry.bytes for entry, _ in resumed))
             run_in_threads([(fetcher.fetch, (entry, target, bar)) for entry, target in todo], WORKERS)
