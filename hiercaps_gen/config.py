@@ -71,6 +71,8 @@ class AbstractConfig(Strict):
     embedding_check: bool = False
     max_level1_words: int = Field(default=3, ge=1)
     min_overlap: float = Field(default=0.5, ge=0.0, le=1.0, description="share of level k words in level k+1")
+    level1_check: bool = Field(default=True, description="level 1 must be level 2's head or a known hypernym of it")
+    repair_level1: bool = Field(default=False, description="replace a failing level 1 by the hypernym table's category")
     embedding_min_tau: float = Field(default=0.6, ge=-1.0, le=1.0, description="Kendall tau, root distance vs level")
     embedding_encoder: str = Field(default="embedded:minilm", description="sentence encoder of the embedding check")
     max_caption_chars: int = Field(default=2000, ge=1, description="longer captions are rejected, not prompted")
