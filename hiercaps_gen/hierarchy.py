@@ -235,17 +235,21 @@ def _content(text: str) -> list[str]:
 def level1_problem(level1: str, level2: str) -> str | None:
     """Why level 1 is not more generic than level 2 (None: it is).
 
-    Level 1 must be level 2's head noun ("bear" for "brown bear") or a category the hypernym
-    table (`hypernyms.py`) gives that head ("animal", "wild animal"); a level 2 whose head the
-    table does not know cannot be vouched for. Offline, deterministic, and explainable.
+    Level 1 must be level 2's head noun — its last or first words: "bear" for "brown bear", "cat"
+    for "cat sleeping" — or a category the hypernym table (`hypernyms.py`) gives that head
+    ("animal", "wild animal"); a level 2 whose head the table does not know cannot be vouched
+    for. Offline, deterministic, and explainable.
     """
     mine, theirs = _content(level1), _content(level2)
     if not mine or not theirs:
         return f"level 1 {level1!r} or level 2 {level2!r} has no content word"
     phrase = " ".join(hypernyms.singular(w) for w in mine)
     last = hypernyms.singular(mine[-1])
-    if len(theirs) > len(mine) and [hypernyms.singular(w) for w in theirs[-len(mine):]] == phrase.split():
-        return None  # level 1 is level 2's head: "bear" ⊐ "brown bear", "sign" ⊐ "stop sign"
+    if phrase == " ".join(hypernyms.singular(w) for w in theirs):
+        return f"level 1 {level1!r} repeats level 2"
+    forms = [hypernyms.singular(w) for w in theirs]
+    if len(theirs) > len(mine) and phrase.split() in (forms[-len(mine):], forms[: len(mine)]):
+        return None  # level 1 is level 2's head: "bear" ⊐ "brown bear", "cat" ⊐ "cat sleeping"
     found = hypernyms.lookup(theirs)
     if found is None:
         return f"head of level 2 {level2!r} is not in the hypernym table"
@@ -260,7 +264,8 @@ def repair_level1(levels: tuple[str, ...]) -> tuple[str, ...]:
 
     Sound because the new level 1 is true by construction (the table says head is-a category)
     and it changes nothing the LLM wrote about the image; done only when the head has exactly
-    one direct category ("chicken" is food and animal: left alone, the check rejects it).
+    one direct category ("chicken" is food and animal: left alone, the check rejects it). A
+    head that names its own category ("person") gets the first broader one ("people").
     """
     if level1_problem(levels[0], levels[1]) is None:
         return levels
@@ -268,7 +273,10 @@ def repair_level1(levels: tuple[str, ...]) -> tuple[str, ...]:
     if found is None:
         return levels
     direct = hypernyms.direct_categories(found[0])
-    return (direct[0], *levels[1:]) if len(direct) == 1 else levels
+    if len(direct) != 1:
+        return levels
+    category = direct[0] if direct[0] != found[0] else next(iter(hypernyms.BROADER.get(direct[0], ())), None)
+    return levels if category is None else (category, *levels[1:])  # "person" ⊏ "people"
 
 
 def validate_hierarchy(generated: Sequence[str], caption: str, checks: Checks = Checks()) -> PositiveHierarchy:

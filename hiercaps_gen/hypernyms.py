@@ -23,7 +23,7 @@ CATEGORIES: dict[str, str] = {
         businessman waiter waitress customer audience pedestrian individual male female batter pitcher catcher
         umpire goalie referee skater swimmer runner hiker traveler musician artist photographer doctor nurse
         pilot captain sailor fisherman clown parent grandmother grandfather daughter husband wife boyfriend
-        girlfriend someone lady""",
+        girlfriend someone baseman shortstop outfielder quarterback boxer dancer singer""",
     "animal": """dog puppy cat kitten horse pony foal sheep lamb cow cattle calf bull ox elephant bear zebra
         giraffe bird duck goose seagull gull pigeon parrot owl eagle hawk swan chicken hen rooster deer goat pig
         monkey lion tiger fish squirrel rabbit bunny herd flock animal pet polar_bear grizzly_bear pup
@@ -32,7 +32,7 @@ CATEGORIES: dict[str, str] = {
         vehicle motorbike moped pickup limousine ambulance firetruck fire_truck locomotive wagon cart carriage
         minivan sedan convertible trailer double_decker subway""",
     "aircraft": "airplane plane jet airliner helicopter aircraft glider jetliner",
-    "boat": "boat ship sailboat kayak canoe yacht ferry raft barge vessel",
+    "boat": "boat ship sailboat kayak canoe yacht ferry raft barge vessel tugboat speedboat",
     "food": """pizza sandwich cake donut doughnut hot_dog salad meal dish bread dessert breakfast lunch dinner
         burger hamburger fries soup pasta rice meat cheese egg sushi pie cookie sauce snack food slice cupcake
         muffin bagel taco burrito steak chicken noodle spaghetti pastry toast cereal sausage bacon pancake waffle
@@ -50,20 +50,24 @@ CATEGORIES: dict[str, str] = {
     "nature": "ocean lake river sea water mountain hill forest tree grass snow sky sunset wave cloud",
     "sign": "stop_sign street_sign sign billboard traffic_light signal banner poster",
     "electronics": """laptop computer phone cell_phone cellphone smartphone tv television monitor keyboard remote
-        screen camera tablet device""",
+        screen camera tablet device mouse computer_mouse""",
     "appliance": "refrigerator fridge oven microwave stove toaster dishwasher appliance blender",
-    "fixture": "sink toilet bathtub tub shower faucet urinal",
+    "fixture": """sink toilet bathtub tub shower faucet urinal hydrant fire_hydrant parking_meter meter lamp streetlight
+        lamppost fireplace""",
+    "tool": "scissors toothbrush hair_dryer hair_drier tool hammer knife",
     "tableware": """plate bowl cup mug glass bottle fork knife spoon pan pot wine_glass tray cutting_board dish
         utensil silverware jar pitcher teapot kettle""",
     "equipment": """surfboard skateboard snowboard ski kite frisbee ball tennis_racket racket racquet bat
         baseball_bat glove baseball_glove helmet paddle pole""",
-    "clothing": "tie shirt hat jacket dress suit coat uniform shoe boot cap sweater jean pant short outfit vest",
+    "clothing": "tie shirt hat jacket dress suit coat uniform shoe sneaker boot cap sweater jean pant short outfit vest",
     "accessory": "umbrella backpack handbag purse bag suitcase luggage glasses sunglasses watch scarf",
     "plant": "tree flower plant bush shrub palm",
     "container": "vase basket box bucket crate jar container",
     "toy": "teddy_bear stuffed_animal doll toy teddy kite",
     "clock": "clock clock_tower watch",
     "book": "book magazine newspaper",
+    "sport": "tennis baseball soccer football skiing surfing snowboarding skateboarding frisbee sport game match",
+    "art": "statue sculpture painting picture photo photograph artwork drawing mural",
 }
 
 BROADER: dict[str, tuple[str, ...]] = {
@@ -89,9 +93,12 @@ BROADER: dict[str, tuple[str, ...]] = {
     "accessory": ("object",),
     "plant": ("nature", "vegetation"),
     "toy": ("object",),
+    "tool": ("object",),
     "container": ("object",),
     "clock": ("object", "device"),
     "book": ("object", "reading material"),
+    "sport": ("activity", "game"),
+    "art": ("image", "object"),
 }
 
 # Plurals the suffix rules below do not undo.

@@ -97,6 +97,7 @@ def test_repair_replaces_only_a_failing_level1_by_the_heads_single_category() ->
     caption = "A brown bear swimming in the water."
     assert repair_level1(("bear", "bear", "a bear swimming in water", caption))[0] == "animal"
     assert repair_level1(("building", "sheep", "sheep near a building", caption))[0] == "animal"
+    assert repair_level1(("person", "person", "a person on a bench", caption))[0] == "people"  # head = its category
     kept = ("wild animal", "bear", "a bear swimming in water", caption)
     assert repair_level1(kept) == kept  # a passing level 1 is the LLM's own
     assert repair_level1(("thing", "flux capacitor", "x", caption))[0] == "thing"  # unknown head: nothing to repair with
@@ -105,3 +106,9 @@ def test_repair_replaces_only_a_failing_level1_by_the_heads_single_category() ->
     assert repaired.levels[:2] == ("animal", "bear")
     with pytest.raises(HierarchyInvalid, match="duplicate_levels"):  # without repair the same answer fails
         validate_hierarchy(("bear", "bear", "a bear swimming in water"), caption)
+
+
+def test_level1_may_be_the_first_words_of_level2_but_not_a_middle_word() -> None:
+    assert level1_problem("cat", "cat sleeping") is None
+    assert level1_problem("train", "train at a station") is None
+    assert level1_problem("dog", "big dog bed") is not None  # neither head nor a hypernym of "bed"

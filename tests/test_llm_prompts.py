@@ -159,6 +159,7 @@ def test_v2_regex_takes_every_few_shot_answer_for_its_caption_and_binds_levels_t
     for bad in (
         good.replace("tall grass", "green grass"),  # "green" is not a caption word
         good.replace("a large brown bear walks through tall grass", "a bear"),  # level 3 too short
+        good.replace("a large brown bear walks through tall grass", "a large brown bear walks next to a"),  # cut off
         good.replace("a large brown bear walks through tall grass", caption.rstrip(".").lower()),  # the whole caption
         good.replace("wild animal", "a wild animal"),  # level 1: at most two words
         good.replace("brown bear\n", "large brown bear walks\n"),  # level 2: at most three words

@@ -54,6 +54,7 @@ class PromptTemplate:
     # only use the caption's own words. None / empty: any text of up to 120 characters (v1).
     level_words: dict[int, tuple[int, int]] | None = None
     from_caption: frozenset[int] = frozenset()
+    not_last: frozenset[str] = frozenset()  # words a `from_caption` level may not end on ("a", "of")
 
     def answer(self, levels: tuple[str, str, str] | list[str]) -> str:
         """The answer text for generated levels 1..3 (generic → specific), in the taught order."""
@@ -67,9 +68,10 @@ class PromptTemplate:
         carries it), then one line per level holding a visible character first and no line break
         of any kind `str.splitlines` knows (carriage returns too). A template with `level_words`
         also bounds each level's word count, and its `from_caption` levels may only use words of
-        `caption` (as written or lower-cased), fewer than the caption has: a level then cannot
-        leave the caption's content nor restate all of it — the two failures a small model makes
-        most. Without a caption the bounds still apply, the vocabulary does not.
+        `caption` (as written or lower-cased), fewer than the caption has, and may not end on a
+        `not_last` word: a level then cannot leave the caption's content, restate all of it, or
+        stop mid-phrase ("a child squats in front of a") — the failures a small model makes most.
+        Without a caption the bounds still apply, the vocabulary does not.
         """
         lines = (rf"Level {k}: {self._level_regex(k, caption)}" for k in self.answer_order)
         return " ?" + "\n".join(lines)
@@ -78,15 +80,16 @@ class PromptTemplate:
         if self.level_words is None:
             return rf"{VISIBLE}{NOT_BREAK}{{0,119}}"
         low, high = self.level_words[level]
-        word = rf"{VISIBLE}+"
+        word = last = rf"{VISIBLE}+"
         if caption is not None and level in self.from_caption:
             tokens = _CAPTION_WORD.findall(caption)
             vocabulary = sorted({t for token in tokens for t in (token, token.lower())})
             if len(tokens) >= 2:  # a one-word caption leaves nothing shorter to copy: bounds only
-                word = "(" + "|".join(vocabulary) + ")"
+                final = [t for t in vocabulary if t.lower() not in self.not_last] or vocabulary
+                word, last = "(" + "|".join(vocabulary) + ")", "(" + "|".join(final) + ")"
                 high = min(high, len(tokens) - 1)
                 low = min(low, high)
-        return rf"{word}( {word}){{{low - 1},{high - 1}}}"
+        return rf"({word} ){{{low - 1},{high - 1}}}{last}"
 
     def shared_messages(self) -> tuple[Message, ...]:
         """Everything before the caption: identical for every request."""
@@ -141,6 +144,7 @@ def load_prompt(name: str) -> PromptTemplate:
             name=str(data["name"]), hash=hashlib.sha256(raw).hexdigest()[:16], system=str(data["system"]).strip(),
             user=str(data["user"]), answer_order=order, examples=examples,  # type: ignore[arg-type]
             level_words=level_words, from_caption=frozenset(int(k) for k in shape.get("from_caption", ())),
+            not_last=frozenset(str(w).lower() for w in shape.get("not_last", ())),
         )
     except (yaml.YAMLError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
         raise PromptError(f"prompt template {path} is malformed: {exc}") from None
