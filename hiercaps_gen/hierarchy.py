@@ -118,7 +118,7 @@ class Checks:
     max_level1_words: int = 3
     min_overlap: float = 0.5
     level1_generic: bool = True  # level 1 must name level 2's head or a known hypernym of it
-    repair_level1: bool = False  # replace a failing level 1 by the table's category of level 2's head
+    repair_level1: bool = False  # validate_hierarchy: replace a failing level 1 by the table's category of level 2's head
 
 
 def clean_level(text: str) -> str:
