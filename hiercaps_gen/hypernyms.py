@@ -30,7 +30,7 @@ CATEGORIES: dict[str, str] = {
         livestock heifer donkey mule camel kangaroo fox wolf turkey crow sparrow pelican flamingo heron""",
     "vehicle": """car truck bus train motorcycle bike bicycle scooter van taxi cab jeep tractor trolley tram suv
         vehicle motorbike moped pickup limousine ambulance firetruck fire_truck locomotive wagon cart carriage
-        minivan sedan convertible trailer double_decker subway""",
+        minivan sedan convertible trailer double_decker subway traffic""",
     "aircraft": "airplane plane jet airliner helicopter aircraft glider jetliner",
     "boat": "boat ship sailboat kayak canoe yacht ferry raft barge vessel tugboat speedboat",
     "food": """pizza sandwich cake donut doughnut hot_dog salad meal dish bread dessert breakfast lunch dinner
@@ -53,12 +53,12 @@ CATEGORIES: dict[str, str] = {
         screen camera tablet device mouse computer_mouse""",
     "appliance": "refrigerator fridge oven microwave stove toaster dishwasher appliance blender",
     "fixture": """sink toilet bathtub tub shower faucet urinal hydrant fire_hydrant parking_meter meter lamp streetlight
-        lamppost fireplace""",
+        lamppost fireplace mirror""",
     "tool": "scissors toothbrush hair_dryer hair_drier tool hammer knife",
     "tableware": """plate bowl cup mug glass bottle fork knife spoon pan pot wine_glass tray cutting_board dish
-        utensil silverware jar pitcher teapot kettle""",
+        utensil silverware jar pitcher teapot kettle place_setting napkin""",
     "equipment": """surfboard skateboard snowboard ski kite frisbee ball tennis_racket racket racquet bat
-        baseball_bat glove baseball_glove helmet paddle pole""",
+        baseball_bat glove baseball_glove helmet paddle pole parachute parasail sail""",
     "clothing": "tie shirt hat jacket dress suit coat uniform shoe sneaker boot cap sweater jean pant short outfit vest",
     "accessory": "umbrella backpack handbag purse bag suitcase luggage glasses sunglasses watch scarf",
     "plant": "tree flower plant bush shrub palm",
@@ -138,20 +138,24 @@ def table() -> dict[str, frozenset[str]]:
 
 def forms(word: str) -> tuple[str, ...]:
     """The word and the singulars it may be a plural of ("buses" → bus, buse; "knives" → knife, …)."""
-    if word in IRREGULAR:
-        return (word, IRREGULAR[word])
-    found = [word]
+    found = [word, IRREGULAR.get(word, word)]
     for suffix, repl in (("ies", "y"), ("ves", "fe"), ("ves", "f"), ("es", ""), ("s", "")):
         if word.endswith(suffix) and len(word) > len(suffix) + 1 and not word.endswith("ss"):
             found.append(word[: -len(suffix)] + repl)
-    return tuple(found)
+    return tuple(dict.fromkeys(found))
 
 
 def singular(word: str) -> str:
-    """The form of `word` the table knows, else its plainest singular guess."""
+    """The form of `word` the table knows (as a member or a category), else its plainest singular guess."""
     candidates = forms(word)
-    known = table()
-    return next((f for f in candidates if f in known), candidates[-1])
+    known, names = table(), category_names()
+    return next((f for f in candidates if f in known or f in names), candidates[-1])
+
+
+@cache
+def category_names() -> frozenset[str]:
+    """Every category and broader term ("electronics", "sports equipment")."""
+    return frozenset(CATEGORIES) | frozenset(w for wider in BROADER.values() for w in wider)
 
 
 def lookup(word_list: list[str]) -> tuple[str, frozenset[str]] | None:
