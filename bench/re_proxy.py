@@ -177,6 +177,10 @@ def print_table(result: dict[str, object]) -> None:
             r = result[arm]
             print(f"{arm:12} {str(r['d_corr']):>24} {r['mean']:>8.4f} {r['half_range']:>7.4f} "
                   f"{r['mean'] - zero:>+8.4f} {str(r['train_seconds']):>14}")
+    if "release" in result:  # issue 11: lift at least the reference's, clearly above truncation
+        ours = result["release"]["mean"]
+        print(f"release - reference: {ours - result['reference']['mean']:+.4f}   "
+              f"release - truncation: {ours - result['truncation']['mean']:+.4f}")
     print(json.dumps({"re_proxy": result}))
 
 
