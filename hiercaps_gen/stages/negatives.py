@@ -110,6 +110,8 @@ class NegativesStage(ShardStage):
             return "descendant"
         if k == LEVELS - 1 and word_count(text) < self.config.negatives.min_level4_words:
             return "not_a_sentence"
+        if word_count(text) > self.config.negatives.max_words_ratio * word_count(positive[k]) + 4:
+            return "too_long"  # a sibling is about as specific as p_k; sampled run-ons repeat themselves
         return None
 
     def similarity_problem(self, k: int, sims: np.ndarray) -> str | None:
