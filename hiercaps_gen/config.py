@@ -116,7 +116,14 @@ class NegativesConfig(Strict):
     encoder: str = Field(default="embedded:minilm", description="paraphrase scorer")
     paraphrase_threshold: float = Field(default=0.85, gt=0.0, le=1.0, description="MiniLM cosine to p_j")
     min_level4_words: int = Field(default=5, ge=1, description="level-4 negatives are caption-like sentences")
+    max_words_ratio: float = Field(
+        default=2.0, gt=0, description="n_k may have at most ratio × words(p_k) + 4 words (a sibling, not a run-on)"
+    )
     batch_size: int = Field(default=64, ge=1, description="prompts per generate call")
+    engine: Literal["transformers", "vllm"] = Field(
+        default="transformers", description="what samples the ordering model: vllm serves decoder-only models only"
+    )
+    kv_cache_gib: int = Field(default=1, ge=1, description="vllm engine on CPU: KV-cache size")
 
 
 class FilterConfig(Strict):

@@ -81,7 +81,7 @@ STAGES: tuple[StageSpec, ...] = (
               entry="hiercaps_gen.stages.distill:DistillStage",
               optional="ordering.distill"),
     StageSpec("negatives", reads=("negatives",), upstream=("abstract", "distill", "train-ordering"),
-              entry="hiercaps_gen.stages.negatives:NegativesStage"),
+              ignores=("negatives.kv_cache_gib",), entry="hiercaps_gen.stages.negatives:NegativesStage"),
     StageSpec("filter", reads=("filter",), upstream=("negatives",), entry="hiercaps_gen.stages.filter:FilterStage"),
 )
 SPECS: dict[str, StageSpec] = {spec.name: spec for spec in STAGES}
