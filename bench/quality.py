@@ -6,8 +6,9 @@ on): fluency as mean per-token NLL under the shipped SmolLM2-135M per side and l
 fluency ratio (negative ÷ positive, sums of levels 3+4; issue 11 target ≤ 1.10), mean words per
 level with the deviation from the reference (target ±20 %), and the funnel: captions ingested →
 rows released, with every reject reason. Usage:
-    python bench/quality.py --run-dir runs/default [--reference PATH] [--rows 300]
-Not measured here yet: the RE proxy (MiniLM fine-tuned on N release vs N reference rows).
+    python bench/quality.py --run-dir runs/default [--reference PATH] [--rows 300] [--re-proxy]
+`--re-proxy` then runs `bench/re_proxy.py --run-dir RUN` with its defaults (MiniLM RE-fine-tuned
+on N of these rows vs N reference rows vs a no-LLM truncation baseline; minutes on a CPU).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def main() -> None:
                         default=Path(__file__).resolve().parents[2] / "shared/data/hierarcaps_reference_sample.csv.gz")
     parser.add_argument("--rows", type=int, default=300, help="rows per side scored for fluency")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--re-proxy", action="store_true", help="also run bench/re_proxy.py on this run")
     args = parser.parse_args()
     if not (args.run_dir / "filter" / "manifest.json").is_file() or not args.reference.is_file():
         print(f"quality: skipped, needs a finished run ({args.run_dir}/filter, e.g. `make all`) and {args.reference}")
@@ -84,6 +86,10 @@ def main() -> None:
     examples = random.Random(args.seed + 1).sample(released, min(5, len(released)))
     for r in examples:
         print("P:", " => ".join(r["positive"]), "\nN:", " => ".join(r["negative"]))
+    if args.re_proxy:
+        from re_proxy import main as re_proxy  # bench/ is on sys.path when this runs as a script
+
+        re_proxy(["--run-dir", str(args.run_dir), "--reference", str(args.reference), "--seed", str(args.seed)])
 
 
 if __name__ == "__main__":

@@ -64,13 +64,15 @@ class LLMConfig(Strict):
 
 class AbstractConfig(Strict):
     llm: LLMConfig = LLMConfig()
-    prompt: str = "abstract_v1"
+    prompt: str = "abstract_v2"
     max_attempts: int = Field(default=3, ge=1)
     retry_temperature: float = Field(default=0.7, ge=0.0)
     candidates: int = Field(default=1, ge=1)
     embedding_check: bool = False
     max_level1_words: int = Field(default=3, ge=1)
     min_overlap: float = Field(default=0.5, ge=0.0, le=1.0, description="share of level k words in level k+1")
+    level1_check: bool = Field(default=True, description="level 1 must be level 2's head or a known hypernym of it")
+    repair_level1: bool = Field(default=True, description="replace a failing level 1 by the hypernym table's category")
     embedding_min_tau: float = Field(default=0.6, ge=-1.0, le=1.0, description="Kendall tau, root distance vs level")
     embedding_encoder: str = Field(default="embedded:minilm", description="sentence encoder of the embedding check")
     max_caption_chars: int = Field(default=2000, ge=1, description="longer captions are rejected, not prompted")
@@ -114,7 +116,14 @@ class NegativesConfig(Strict):
     encoder: str = Field(default="embedded:minilm", description="paraphrase scorer")
     paraphrase_threshold: float = Field(default=0.85, gt=0.0, le=1.0, description="MiniLM cosine to p_j")
     min_level4_words: int = Field(default=5, ge=1, description="level-4 negatives are caption-like sentences")
+    max_words_ratio: float = Field(
+        default=2.0, gt=0, description="n_k may have at most ratio × words(p_k) + 4 words (a sibling, not a run-on)"
+    )
     batch_size: int = Field(default=64, ge=1, description="prompts per generate call")
+    engine: Literal["transformers", "vllm"] = Field(
+        default="transformers", description="what samples the ordering model: vllm serves decoder-only models only"
+    )
+    kv_cache_gib: int = Field(default=1, ge=1, description="vllm engine on CPU: KV-cache size")
 
 
 class FilterConfig(Strict):

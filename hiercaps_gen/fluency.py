@@ -3,8 +3,8 @@
 Word salad ("a man\\" vegetable 1 blankets in a ) bedsc [ s.") costs a language model far more
 nats per token than a caption does, so the filter rejects negatives whose NLL is high in absolute
 terms or well above the positive's at the same level, and `bench/quality.py` reports the same
-number per side and level. The offline default is the shipped SmolLM2-135M (dequantised from its
-GGUF); any causal LM id or directory works the same way. Each text is scored on its own, after the
+number per side and level. The offline default is the shipped SmolLM2-135M (its GGUF exported once
+to safetensors, `llm/hf_export.py`); any causal LM id or directory works the same way. Each text is scored on its own, after the
 tokenizer's document-start token, so every token of it is predicted.
 """
 
@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from hiercaps_gen.models import pick_device, resolve
+from hiercaps_gen.models import pick_device
 
 
 class FluencyScorer:
@@ -24,11 +24,12 @@ class FluencyScorer:
     def __init__(self, model: str = "embedded:smollm2", device: str = "auto", batch_size: int = 64) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        source = resolve(model)
-        kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+        from hiercaps_gen.llm.hf_export import hf_model_dir
+
+        path = hf_model_dir(model)  # an embedded GGUF loads from its cached safetensors export: seconds, not a minute
         self.device = pick_device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
-        self.model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32, **kwargs)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         self.model.to(self.device).eval()
         vocab = self.tokenizer.get_vocab()
         # GPT-2-style document start where the vocabulary has one (SmolLM2), else BOS / EOS

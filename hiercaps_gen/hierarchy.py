@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 
+from hiercaps_gen import hypernyms
+
 # Arrow schemas of the rows each stage writes: the data contract between stages. Each stage's
 # schema extends the one before it, so a row carries its whole lineage forward.
 
@@ -115,6 +117,8 @@ class Checks:
 
     max_level1_words: int = 3
     min_overlap: float = 0.5
+    level1_generic: bool = True  # level 1 must name level 2's head or a known hypernym of it
+    repair_level1: bool = False  # validate_hierarchy: replace a failing level 1 by the table's category of level 2's head
 
 
 def clean_level(text: str) -> str:
@@ -212,6 +216,11 @@ class PositiveHierarchy(BaseModel):
                 raise HierarchyInvalid(
                     "not_contained", f"level {k + 1} {self.levels[k]!r} shares {share:.2f} of its words with level {k + 2}"
                 )
+
+        if checks.level1_generic:
+            problem = level1_problem(self.levels[0], self.levels[1])
+            if problem is not None:
+                raise HierarchyInvalid("level1_not_generic", problem)
         return self
 
     def lexical_score(self) -> float:
@@ -219,11 +228,65 @@ class PositiveHierarchy(BaseModel):
         return (overlap(self.levels[1], self.levels[2]) + overlap(self.levels[2], self.levels[3])) / 2
 
 
+def _content(text: str) -> list[str]:
+    return [w for w in words(text) if w not in STOPWORDS]
+
+
+def level1_problem(level1: str, level2: str) -> str | None:
+    """Why level 1 is not more generic than level 2 (None: it is).
+
+    Level 1 must be level 2's head noun — its last or first words: "bear" for "brown bear", "cat"
+    for "cat sleeping" — or a category the hypernym table (`hypernyms.py`) gives that head
+    ("animal", "wild animal"); a level 2 whose head the table does not know cannot be vouched
+    for. Offline, deterministic, and explainable.
+    """
+    mine, theirs = _content(level1), _content(level2)
+    if not mine or not theirs:
+        return f"level 1 {level1!r} or level 2 {level2!r} has no content word"
+    phrase = " ".join(hypernyms.singular(w) for w in mine)
+    last = hypernyms.singular(mine[-1])
+    if phrase == " ".join(hypernyms.singular(w) for w in theirs):
+        return f"level 1 {level1!r} repeats level 2"
+    forms = [hypernyms.singular(w) for w in theirs]
+    if len(theirs) > len(mine) and phrase.split() in (forms[-len(mine):], forms[: len(mine)]):
+        return None  # level 1 is level 2's head: "bear" ⊐ "brown bear", "cat" ⊐ "cat sleeping"
+    found = hypernyms.lookup(theirs)
+    if found is None:
+        return f"head of level 2 {level2!r} is not in the hypernym table"
+    head, categories = found
+    if phrase in categories or last in categories:  # "wild animal": its head "animal" is the category
+        return None
+    return f"level 1 {level1!r} is not a known hypernym of {head!r} ({', '.join(sorted(categories))})"
+
+
+def repair_level1(levels: tuple[str, ...]) -> tuple[str, ...]:
+    """Levels with a failing level 1 replaced by the category the table gives level 2's head.
+
+    Sound because the new level 1 is true by construction (the table says head is-a category)
+    and it changes nothing the LLM wrote about the image; done only when the head has exactly
+    one direct category ("chicken" is food and animal: left alone, the check rejects it). A
+    head that names its own category ("person") gets the first broader one ("people").
+    """
+    if level1_problem(levels[0], levels[1]) is None:
+        return levels
+    found = hypernyms.lookup(_content(levels[1]))
+    if found is None:
+        return levels
+    direct = hypernyms.direct_categories(found[0])
+    if len(direct) != 1:
+        return levels
+    category = direct[0] if direct[0] != found[0] else next(iter(hypernyms.BROADER.get(direct[0], ())), None)
+    return levels if category is None else (category, *levels[1:])  # "person" ⊏ "people"
+
+
 def validate_hierarchy(generated: Sequence[str], caption: str, checks: Checks = Checks()) -> PositiveHierarchy:
-    """Levels 1..3 as generated plus the caption, cleaned and checked; raises HierarchyInvalid."""
+    """Levels 1..3 as generated plus the caption, cleaned (level 1 repaired if asked) and checked;
+    raises HierarchyInvalid."""
     if len(generated) != LEVELS - 1:
         raise HierarchyInvalid("format", f"expected {LEVELS - 1} generated levels, got {len(generated)}")
     levels = tuple(clean_level(level) for level in generated) + (caption,)
+    if checks.repair_level1 and checks.level1_generic:
+        levels = repair_level1(levels)
     try:
         return PositiveHierarchy.model_validate({"levels": levels}, context={"checks": checks})
     except HierarchyInvalid:

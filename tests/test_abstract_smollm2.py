@@ -29,7 +29,7 @@ def test_sample_and_hostile_captions(tmp_path):
     assert totals["in"] == len(rows) == totals["accepted"] + totals["rejected"]
     assert totals["reasons"].get("caption_too_long") == 1  # the 10,000 characters never reach the LLM
     assert totals["accepted"] >= 4  # the 135M model does write hierarchies for plain captions
-    template = load_prompt("abstract_v1")
+    template = load_prompt(config.abstract.prompt)
     out = pq.read_table(tmp_path / "abstract" / "part-00000.parquet").to_pylist()
     for row in out:
         positive = row["positive"]

@@ -43,3 +43,90 @@ def test_split_levels_trims_and_handles_missing() -> None:
 def test_word_count_is_the_checks_tokenisation() -> None:
     text = "A man - on a tennis_court, 2 rackets!"
     assert word_count(text) == len(words(text)) == 8
+
+
+# -- level 1 more generic than level 2 (issue 11) --------------------------------------------------
+
+from hiercaps_gen.hierarchy import Checks, HierarchyInvalid, level1_problem, repair_level1, validate_hierarchy  # noqa: E402
+from hiercaps_gen.hypernyms import lookup, singular  # noqa: E402
+
+BAD_LEVEL1 = [("mug", "knife"), ("building", "sheep"), ("mother", "baby"), ("bear", "bear"), ("animal", "teddy bear"),
+              ("food", "dogs"), ("street", "bus")]
+GOOD_LEVEL1 = [("animal", "brown bear"), ("bear", "brown bear"), ("wild animal", "bear"), ("people", "young boys"),
+               ("person", "tennis player"), ("vehicle", "double-decker bus"), ("toy", "teddy bear"),
+               ("food", "hot dog"), ("sports equipment", "skis"), ("animals", "two giraffes"),
+               ("person", "group of people"), ("transportation", "train"), ("sign", "stop sign")]
+
+
+@pytest.mark.parametrize(("level1", "level2"), BAD_LEVEL1)
+def test_level1_that_is_not_more_generic_is_rejected(level1: str, level2: str) -> None:
+    assert level1_problem(level1, level2) is not None
+    caption = f"A photo of the {level2} on a table."
+    with pytest.raises(HierarchyInvalid) as raised:
+        validate_hierarchy((level1, level2, f"the {level2} on a table"), caption)
+    assert raised.value.reason in {"level1_not_generic", "duplicate_levels"}
+
+
+@pytest.mark.parametrize(("level1", "level2"), GOOD_LEVEL1)
+def test_level1_that_names_the_head_or_a_known_hypernym_passes(level1: str, level2: str) -> None:
+    assert level1_problem(level1, level2) is None
+    levels = validate_hierarchy((level1, level2, f"the {level2} on a wooden table"), f"A photo of the {level2} on a wooden table.").levels
+    assert levels[0] == level1
+
+
+def test_unknown_head_is_a_reason_not_a_guess() -> None:
+    problem = level1_problem("thing", "flux capacitor")
+    assert problem is not None and "not in the hypernym table" in problem
+    with pytest.raises(HierarchyInvalid, match="level1_not_generic"):
+        validate_hierarchy(("thing", "flux capacitor", "a flux capacitor on a desk"), "A flux capacitor on a desk in a lab.")
+    # the check can be turned off (abstract.level1_check), the others still apply
+    off = Checks(level1_generic=False)
+    assert validate_hierarchy(("thing", "flux capacitor", "a flux capacitor on a desk"), "A flux capacitor on a desk in a lab.", off)
+
+
+def test_lookup_finds_the_head_two_word_members_first_and_plurals() -> None:
+    assert lookup(["teddy", "bear"])[0] == "teddy bear" and "toy" in lookup(["teddy", "bear"])[1]
+    assert lookup(["brown", "bear"])[0] == "bear" and "animal" in lookup(["brown", "bear"])[1]
+    assert lookup(["man", "riding"])[0] == "man"
+    assert lookup(["flux", "capacitor"]) is None
+    assert [singular(w) for w in ("buses", "knives", "giraffes", "puppies", "women", "skis", "glass")] == \
+        ["bus", "knife", "giraffe", "puppy", "woman", "ski", "glass"]
+
+
+def test_repair_replaces_only_a_failing_level1_by_the_heads_single_category() -> None:
+    caption = "A brown bear swimming in the water."
+    assert repair_level1(("bear", "bear", "a bear swimming in water", caption))[0] == "animal"
+    assert repair_level1(("building", "sheep", "sheep near a building", caption))[0] == "animal"
+    assert repair_level1(("person", "person", "a person on a bench", caption))[0] == "people"  # head = its category
+    for level2 in ("computers", "two sheep", "rear view mirror", "place setting", "parachute"):  # a repair always passes
+        repaired_levels = repair_level1(("thing", level2, "x", caption))
+        assert repaired_levels[0] != "thing" and level1_problem(repaired_levels[0], level2) is None, level2
+    kept = ("wild animal", "bear", "a bear swimming in water", caption)
+    assert repair_level1(kept) == kept  # a passing level 1 is the LLM's own
+    assert repair_level1(("thing", "flux capacitor", "x", caption))[0] == "thing"  # unknown head: nothing to repair with
+    assert repair_level1(("meal", "chicken", "x", caption))[0] == "meal"  # food and animal: ambiguous, left alone
+    repaired = validate_hierarchy(("bear", "bear", "a bear swimming in water"), caption, Checks(repair_level1=True))
+    assert repaired.levels[:2] == ("animal", "bear")
+    with pytest.raises(HierarchyInvalid, match="duplicate_levels"):  # without repair the same answer fails
+        validate_hierarchy(("bear", "bear", "a bear swimming in water"), caption)
+
+
+def test_level1_may_be_the_first_words_of_level2_but_not_a_middle_word() -> None:
+    assert level1_problem("cat", "cat sleeping") is None
+    assert level1_problem("train", "train at a station") is None
+    assert level1_problem("dog", "big dog bed") is not None  # neither head nor a hypernym of "bed"
+
+
+def test_every_repair_the_table_can_make_passes_the_check() -> None:
+    from hiercaps_gen.hypernyms import direct_categories, table
+
+    repaired = 0
+    for member in table():
+        levels = repair_level1(("zzz", member, "x", "y"))
+        if len(direct_categories(member)) == 1 and levels[0] != "zzz":
+            repaired += 1
+            assert level1_problem(levels[0], member) is None, (member, levels[0])
+            plural = member + ("es" if member.endswith(("s", "x", "ch", "sh")) else "s")
+            if plural not in table():  # "glasses" is a member of its own (eyewear)
+                assert level1_problem(levels[0], f"two {plural}") is None, (member, levels[0])  # plural heads too
+    assert repaired > 300

@@ -132,8 +132,53 @@ def test_helpers():
     assert kendall_tau([1, 3, 2, 4]) == pytest.approx(4 / 6)
 
 
-def test_few_shot_examples_teach_valid_hierarchies():
-    template = load_prompt("abstract_v1")
+@pytest.mark.parametrize("name", ["abstract_v1", "abstract_v2"])
+def test_few_shot_examples_teach_valid_hierarchies(name):
+    template = load_prompt(name)
+    # v1 predates the level-1 check and teaches "food => plate", the very slip it catches
+    checks = Checks(level1_generic=name != "abstract_v1")
     for caption, levels in template.examples:
-        assert validate_hierarchy(levels, caption).levels[:3] == levels
+        assert validate_hierarchy(levels, caption, checks).levels[:3] == levels
         assert parse_answer(template.answer(levels), template.answer_order) == levels
+
+
+def test_v2_regex_takes_every_few_shot_answer_for_its_caption_and_binds_levels_to_the_caption():
+    import re
+
+    template = load_prompt("abstract_v2")
+    assert template.level_words is not None and template.from_caption == {2, 3}
+    for caption, levels in template.examples:
+        pattern = re.compile(template.answer_regex(caption))
+        answer = template.answer(levels)
+        assert pattern.fullmatch(answer) and pattern.fullmatch(" " + answer), (caption, levels)
+        assert validate_hierarchy(parse_answer(answer, template.answer_order), caption).levels[:3] == tuple(levels)
+    caption = "A large brown bear walks through tall grass next to a river."
+    pattern = re.compile(template.answer_regex(caption))
+    good = template.answer(("wild animal", "brown bear", "a large brown bear walks through tall grass"))
+    assert pattern.fullmatch(good)
+    for bad in (
+        good.replace("tall grass", "green grass"),  # "green" is not a caption word
+        good.replace("a large brown bear walks through tall grass", "a bear"),  # level 3 too short
+        good.replace("a large brown bear walks through tall grass", "a large brown bear walks next to a"),  # cut off
+        good.replace("a large brown bear walks through tall grass", caption.rstrip(".").lower()),  # the whole caption
+        good.replace("wild animal", "a wild animal"),  # level 1: at most two words
+        good.replace("brown bear\n", "large brown bear walks\n"),  # level 2: at most three words
+        good.replace("brown bear", "brown  bear"),  # one space between words
+    ):
+        assert not pattern.fullmatch(bad), bad
+    assert re.fullmatch(template.answer_regex(), good.replace("tall grass", "green grass"))  # no caption: bounds only
+
+
+def test_v1_stays_loadable_and_unbounded():
+    v1 = load_prompt("abstract_v1")
+    assert v1.level_words is None and v1.answer_regex("A dog on a beach.") == v1.answer_regex()
+
+
+@pytest.mark.parametrize("shape", ["answer: {words: {1: [1, 2], 2: [1, 3]}}",
+                                   "answer: {words: {1: [2, 1], 2: [1, 3], 3: [4, 10]}}",
+                                   "answer: {from_caption: [3]}"])
+def test_malformed_answer_shape_is_an_error(tmp_path, shape):
+    path = tmp_path / "p.yaml"
+    path.write_text((load_prompt.__globals__["prompt_path"]("abstract_v1")).read_text(encoding="utf-8") + shape + "\n")
+    with pytest.raises(PromptError):
+        load_prompt(str(path))

@@ -58,6 +58,8 @@ def _sims(texts: list[str]) -> np.ndarray:
         ("a sleeping cat", 3, "not_a_sentence"),
         ("cat", 1, None),
         ("vehicle", 0, None),
+        ("a big brown dog with a red collar", 1, "too_long"),
+        ("a cat on a couch. A cat on a couch. A cat on a couch. A cat on a couch. A cat on a couch.", 3, "too_long"),
         ("a striped cat sleeping on a wooden bench", 3, None),
     ],
 )

@@ -15,7 +15,8 @@ from hiercaps_gen.stages.base import (
 
 from .test_ordering_data import hierarchy_rows, tiny_config, trained_run
 
-HIERARCHY_REASONS = {"format", "empty_level", "duplicate_levels", "level1_too_long", "length_order", "not_contained"}
+HIERARCHY_REASONS = {"format", "empty_level", "duplicate_levels", "level1_too_long", "length_order", "not_contained",
+                     "level1_not_generic"}
 
 
 def _with_budget_rejects(tmp_path: Path) -> Path:

@@ -20,6 +20,7 @@ import pytest
 
 from hiercaps_gen.stages.abstract import AbstractStage
 from hiercaps_gen.config import LLMConfig, RunConfig
+from hiercaps_gen.hierarchy import words
 from hiercaps_gen.llm.base import GenerationRequest, Sampling, render_chat
 from hiercaps_gen.llm.vllm_backend import ENGINE_LOG_ENV, VLLMGenerator
 from hiercaps_gen.llm.cache import LLMCache
@@ -59,14 +60,17 @@ def test_abstract_stage_on_vllm_with_structured_outputs_and_prefix_caching(tmp_p
     for row in read_stage_rows(tmp_path, "abstract"):
         assert len(row["positive"]) == 4 and row["positive"][3] == row["caption"]
         assert row["generator_model"].startswith("embedded:smollm2@")
+        caption_words = set(words(row["caption"]))  # v2: the engine held levels 2-3 to the caption's words
+        assert set(words(row["positive"][1])) | set(words(row["positive"][2])) <= caption_words
 
-    template = load_prompt("abstract_v1")
+    template = stage.template
+    assert template.name == "abstract_v2"
     requests = [stage.request(row, 1, 0) for row in rows[:6]]
     generations = smollm2_vllm.generate(requests)
     shared = len(smollm2_vllm.prompt_ids([GenerationRequest(template.shared_messages())])[0]) - 8
     block = smollm2_vllm.llm.llm_engine.vllm_config.cache_config.block_size
-    for generation in generations:
-        assert generation.finish_reason == "stop" and re.fullmatch(template.answer_regex(), generation.text)
+    for row, generation in zip(rows, generations):
+        assert generation.finish_reason == "stop" and re.fullmatch(template.answer_regex(row["caption"]), generation.text)
         # every whole KV block of the shared few-shot prefix came from the prefix cache
         assert generation.prefix_cached_tokens >= shared // block * block > 0
 

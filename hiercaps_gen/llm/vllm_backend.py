@@ -70,7 +70,8 @@ def engine_settings(llm: LLMConfig, model_dir: str) -> tuple[dict[str, Any], dic
         # Whole prompts per step: after a partial (chunked) prefill vLLM rewinds a seeded request's
         # generator, which a CPU generator cannot do ("CPU Generator does not use offset").
         args["enable_chunked_prefill"] = False
-        args["max_num_batched_tokens"] = llm.max_model_len or model_context(model_dir)
+        # at least 8192 tokens a step: a short context must not cut a step to a handful of prompts
+        args["max_num_batched_tokens"] = max(llm.max_model_len or model_context(model_dir), 8192)
         env["VLLM_CPU_KVCACHE_SPACE"] = str(llm.kv_cache_gib)
         env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
         if llm.threads is not None:  # a share of a machine: no pinning to cores others use too
@@ -125,6 +126,18 @@ def record_engine_start(model_dir: str, seconds: float) -> None:
         fh.write(line + "\n")
 
 
+def shutdown_llm(llm: Any) -> None:
+    """Stop a `vllm.LLM`'s engine-core child process now (not whenever GC gets to it) and free its memory."""
+    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+    engine = llm.llm_engine
+    shutdown = getattr(engine, "shutdown", None) or getattr(getattr(engine, "engine_core", None), "shutdown", None)
+    if shutdown is not None:
+        shutdown()
+    gc.collect()
+    cleanup_dist_env_and_memory()
+
+
 class VLLMGenerator(Generator):
     """`vllm.LLM` loaded once per worker process; `generate` hands vLLM every request at once."""
 
@@ -176,14 +189,6 @@ class VLLMGenerator(Generator):
         return results
 
     def close(self) -> None:
-        if getattr(self, "llm", None) is None:
-            return
-        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
-
-        engine = self.llm.llm_engine
-        shutdown = getattr(engine, "shutdown", None) or getattr(getattr(engine, "engine_core", None), "shutdown", None)
-        if shutdown is not None:
-            shutdown()  # stops the engine-core child process now, not whenever GC gets to it
-        self.llm = None
-        gc.collect()
-        cleanup_dist_env_and_memory()
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            shutdown_llm(llm)

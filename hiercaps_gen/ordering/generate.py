@@ -22,6 +22,12 @@ def model_dir(run_dir: Path) -> Path:
     return stage_dir(run_dir, TRAIN_STAGE) / MODEL_DIR
 
 
+def clean_output(text: str) -> str:
+    """An ordering model's output as a level: up to its line end (a causal continuation ends there),
+    with "=>" arrows normalised (WordPiece decodes them as "= >")."""
+    return ARROW.sub(SEPARATOR, text.split(PROMPT_END)[0]).strip()
+
+
 def trained_model_hash(run_dir: Path) -> str:
     """Hash of the run's trained ordering model: stages that use it put it in their fingerprints."""
     return load_manifest(run_dir, TRAIN_STAGE)["model_hash"]
@@ -64,7 +70,7 @@ class OrderingModel:
             return []
         tok = self.s2s.tokenizer
         if self.s2s.causal:
-            ids = prompt_ids(self.s2s, sources, self.max_source_len)
+            ids = prompt_ids(self.s2s.tokenizer, sources, self.max_source_len)
             enc = tok.pad({"input_ids": ids}, padding=True, return_tensors="pt")  # left padding
         else:
             enc = tok(sources, truncation=True, max_length=self.max_source_len, padding=True, return_tensors="pt")
@@ -81,9 +87,7 @@ class OrderingModel:
         means = (torch.where(mask, steps, 0.0).sum(1) / mask.sum(1).clamp(min=1)).tolist()
         decoded = tok.batch_decode(generated if self.s2s.causal else out.sequences, skip_special_tokens=True,
                                    clean_up_tokenization_spaces=True)
-        if self.s2s.causal:  # a continuation ends at its line
-            decoded = [t.split(PROMPT_END)[0] for t in decoded]
-        pairs = [(ARROW.sub(SEPARATOR, t).strip(), m) for t, m in zip(decoded, means)]
+        pairs = [(clean_output(t), m) for t, m in zip(decoded, means)]
         return [pairs[i * n : (i + 1) * n] for i in range(len(sources))]
 
     def ancestors(self, captions: list[str]) -> list[str]:

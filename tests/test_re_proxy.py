@@ -1,0 +1,51 @@
+"""The RE proxy bench's pure parts: the no-LLM truncation baseline and the held-out draw."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bench.re_proxy import held_out, truncation_levels, truncation_rows
+from hiercaps_gen.hierarchy import is_hierarchy
+
+SHIPPED = Path(__file__).resolve().parents[1] / "data/coco_val2014_sample/captions.json"
+
+
+def shipped_captions(n: int) -> list[str]:
+    return [a["caption"] for a in json.loads(SHIPPED.read_text(encoding="utf-8"))["annotations"][:n]]
+
+
+def test_levels_are_last_word_two_words_six_words_caption():
+    caption = "A black Honda motorcycle parked in front of a garage."
+    assert truncation_levels(caption) == ["garage", "A black", "A black Honda motorcycle parked in", caption]
+    assert truncation_levels("a man riding a horse .")[0] == "horse"  # a trailing " ." is not the last word
+
+
+@given(st.text(min_size=1).filter(str.strip))
+def test_levels_are_a_hierarchy_ordered_by_length(caption):
+    levels = truncation_levels(caption)
+    assert is_hierarchy(levels) and levels[-1] == caption
+    assert [len(t.split()) for t in levels[1:]] == sorted(len(t.split()) for t in levels[1:])
+    assert len(levels[0].split()) == 1 or levels[0] == caption
+
+
+def test_rows_are_seeded_and_negatives_come_from_another_caption():
+    captions = list(dict.fromkeys(shipped_captions(60)))
+    rows = truncation_rows(captions, seed=3)
+    assert rows == truncation_rows(captions, seed=3)
+    assert rows != truncation_rows(captions, seed=4)
+    for caption, row in zip(captions, rows):
+        assert row["positive"] == truncation_levels(caption)
+        assert row["negative"][-1] in captions and row["negative"][-1] != caption
+
+
+def test_held_out_takes_whole_images_outside_the_excluded_ones():
+    reference = [{"id": f"r{i}", "image": f"img{i % 7}.jpg", "positive": [], "negative": []} for i in range(70)]
+    rows, images = held_out(reference, exclude={"img0.jpg", "img1.jpg"}, test_rows=25, seed=0)
+    assert len(rows) == 25 and {r["image"] for r in rows} <= images
+    assert not images & {"img0.jpg", "img1.jpg"}
+    assert len(images) == 3  # 10 rows per image: the third image completes 25
+    assert (rows, images) == held_out(reference, {"img0.jpg", "img1.jpg"}, 25, 0)
