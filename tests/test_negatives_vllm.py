@@ -22,7 +22,7 @@ from hiercaps_gen.stages.base import read_stage_rows
 from hiercaps_gen.stages.negatives import NegativesStage
 from hiercaps_gen.stages.train_ordering import train_ordering
 
-from .test_ordering_causal import POSITIVE, save_tiny_llama
+from .test_ordering_causal import POSITIVE
 from .test_ordering_data import hierarchy_rows, tiny_config, write_abstract
 
 pytestmark = pytest.mark.slow
@@ -34,7 +34,18 @@ VLLM = {"negatives.engine": "vllm", "negatives.candidates": 3, "negatives.batch_
 def causal_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run whose ordering model is a tiny Llama (head size 32: the smallest vLLM's CPU attention
     kernels take) with SmolLM2's tokenizer, trained by the real train-ordering stage."""
-    tiny_llama = save_tiny_llama(tmp_path_factory.mktemp("tiny-llama-h32"), hidden_size=64)
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from hiercaps_gen.llm.hf_export import hf_model_dir
+
+    path = hf_model_dir("embedded:smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    tiny_llama = tmp_path_factory.mktemp("tiny-llama-h32")
+    LlamaForCausalLM(config).save_pretrained(tiny_llama)
+    tokenizer.save_pretrained(tiny_llama)
     run_dir = tmp_path_factory.mktemp("vllm-negatives") / "run"
     write_abstract(run_dir, hierarchy_rows(24), shards=2)
     config = tiny_config(**{"ordering.model": str(tiny_llama), "ordering.max_steps": 40, "ordering.eval_every": 20,

@@ -20,24 +20,19 @@ from .test_ordering_data import hierarchy_rows, tiny_config, write_abstract
 POSITIVE = ["animal", "dog", "a dog on a couch", "A small dog asleep on a couch."]
 
 
-def save_tiny_llama(directory: Path, hidden_size: int = 32) -> Path:
-    """A randomly initialised 2-layer Llama with SmolLM2's tokenizer, saved like a hub model
-    (head size = hidden_size / 2)."""
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     source = resolve("embedded:smollm2")
     tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True,
                          eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    directory = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 def test_train_sample_and_reload_a_causal_ordering_model(tmp_path: Path, tiny_llama: Path) -> None:

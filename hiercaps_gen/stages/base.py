@@ -324,17 +324,7 @@ class ShardStage(ABC):
             in_rows=len(rows), fingerprint=self.fingerprint(), input_sha256=input_sha, seconds=seconds,
         )
 
-    def close(self) -> None:
-        """Free what the stage loaded (a model engine, GPU memory); runs when the stage ends."""
-
     def finalize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        """Write the stage manifest from the shard records, then `close` (flows call this without `run`)."""
-        try:
-            return self._write_manifest(records)
-        finally:
-            self.close()
-
-    def _write_manifest(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         directory = self.directory
         for stale in (directory / "_done").glob("*.json"):  # shards no longer upstream
             if stale.stem not in {r["name"] for r in records}:
@@ -350,7 +340,4 @@ class ShardStage(ABC):
 
     def run(self, map_fn: Callable[..., Iterable[dict[str, Any]]] = map) -> dict[str, Any]:
         """Run every shard (serially by default; pass a parallel map to scale out)."""
-        try:
-            return self.finalize(list(map_fn(self.run_shard, self.shards())))
-        finally:
-            self.close()
+        return self.finalize(list(map_fn(self.run_shard, self.shards())))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Callable, Iterable
 from functools import cached_property
 from typing import Any
 
@@ -78,6 +79,18 @@ class NegativesStage(ShardStage):
         model = self.__dict__.pop("model", None)
         if isinstance(model, VLLMOrderingModel):
             model.close()
+
+    def run(self, map_fn: Callable[..., Iterable[dict[str, Any]]] = map) -> dict[str, Any]:
+        try:
+            return super().run(map_fn)
+        finally:
+            self.close()
+
+    def finalize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        try:
+            return super().finalize(records)
+        finally:
+            self.close()  # flows call finalize without run
 
     def __getstate__(self) -> dict[str, Any]:
         """Shipped to a worker (Dask) without the model: the worker loads (or pools) its own."""
