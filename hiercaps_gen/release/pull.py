@@ -9,9 +9,9 @@ Sources:
   `hf://<org>/<repo>/<dir>` pulls `<dir>/<version>/` from `main` as before.
 
 The manifest is validated (`release.manifest`: safe relative paths only) before any download.
-Each file is hashed once, as it arrives: HTTP chunks as they are written, a local copy through a
-read-only mapping of the kernel's copy (no user-space copy of the bytes), a Hub download before
-it is renamed (not copied) into place; files run in parallel threads, largest first. A file
+Each file is hashed once, as it arrives: HTTP chunks as they are written, a local file block by
+block between its read and its write, a Hub download before it is renamed (not copied) into
+place; files run in parallel threads, largest first. A file
 whose sha256 or size differs from the manifest is deleted and the pull fails. Only when every
 file checks out is `DEST/.partial/<name>/<version>/` renamed to `DEST/<name>/<version>/`.
 """
@@ -19,7 +19,6 @@ file checks out is `DEST/.partial/<name>/<version>/` renamed to `DEST/<name>/<ve
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 import shutil
 import threading
@@ -37,7 +36,7 @@ from hiercaps_gen.release.read import verify_release
 from hiercaps_gen.files import sha256_file
 
 CHUNK = 4 << 20
-SENDFILE_MAX = 1 << 30
+COPY_BLOCK = 1 << 20  # 1 MiB: fits the core's L2 between the hash and the write
 WORKERS = min(8, os.cpu_count() or 1)
 
 
@@ -58,15 +57,6 @@ class _Silent:
 
     def update(self, n: float | None = 1) -> None:
         pass
-
-
-def _sha256_of(fd: int, size: int) -> str:
-    """sha256 of the first `size` bytes of an open file, hashed through a read-only mapping (one
-    call: hashlib frees the GIL for it, so files hash in parallel threads)."""
-    if size == 0:
-        return hashlib.sha256().hexdigest()
-    with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
-        return hashlib.sha256(mapped).hexdigest()
 
 
 def _copy_verified(chunks: Iterator[bytes], part: Path, entry: ReleaseFile, offset: int, bar: Progress) -> None:
@@ -138,20 +128,22 @@ class PathFetcher:
             return fh.read(MAX_MANIFEST_BYTES + 1)
 
     def fetch(self, entry: ReleaseFile, target: Path, bar: Progress) -> None:
-        """The kernel copies (sendfile, at most one byte more than the manifest says), then the copy
-        is hashed through a read-only mapping: the bytes verified are the bytes that will be
-        visible, hashed straight from the page cache without being copied into user space."""
+        """One pass: read a block into a private buffer, hash it, write it. The bytes verified are
+        the bytes written (a source changed mid-copy cannot slip through), each read exactly once,
+        and the block stays in the core's cache between the hash and the write."""
         part = target.with_name(target.name + ".part")
-        part.unlink(missing_ok=True)  # a new file, never truncated in place: no mapping of it can lose its pages
+        part.unlink(missing_ok=True)  # a new file, never truncated in place
+        digest, block = hashlib.sha256(), bytearray(COPY_BLOCK)
+        view, size = memoryview(block), 0
         try:
-            with open(self.base / entry.path, "rb") as src, open(part, "x+b") as out:
-                size = 0
-                while sent := os.sendfile(out.fileno(), src.fileno(), None, min(SENDFILE_MAX, entry.bytes + 1 - size)):
-                    size += sent
+            with open(self.base / entry.path, "rb", buffering=0) as src, open(part, "xb", buffering=0) as out:
+                while n := src.readinto(block):
+                    size += n
                     if size > entry.bytes:
                         raise PullError(f"{entry.path}: larger than the {entry.bytes} bytes the manifest says")
-                digest = _sha256_of(out.fileno(), size)
-            if size != entry.bytes or digest != entry.sha256:
+                    digest.update(view[:n])
+                    out.write(view[:n])
+            if size != entry.bytes or digest.hexdigest() != entry.sha256:
                 raise PullError(f"{entry.path}: checksum mismatch (expected sha256 {entry.sha256}); file refused")
         except (PullError, OSError):
             part.unlink(missing_ok=True)
@@ -327,12 +319,14 @@ def pull(
         staging = dest / ".partial" / manifest.name / version
         staging.mkdir(parents=True, exist_ok=True)
         total = sum(f.bytes for f in manifest.files)
-        resumed, todo = [], []
+        resumed, todo, root = [], [], staging.resolve()
         for entry in manifest.files:
-            target = (staging / entry.path).resolve()
-            if not target.is_relative_to(staging.resolve()):
+            # parse_manifest admitted only plain relative paths; normpath (no file system calls) checks again
+            target = Path(os.path.normpath(root / entry.path))
+            if not target.is_relative_to(root):
                 raise PullError(f"unsafe path in manifest: {entry.path!r}")
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.parent != root:
+                target.parent.mkdir(parents=True, exist_ok=True)
             # a file at its final name was completed and checked by an interrupted pull: check it again
             (resumed if target.is_file() else todo).append((entry, target))
         todo.sort(key=lambda job: -job[0].bytes)  # largest first: the workers finish together
