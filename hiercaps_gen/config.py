@@ -119,6 +119,10 @@ class NegativesConfig(Strict):
     max_words_ratio: float = Field(
         default=2.0, gt=0, description="n_k may have at most ratio × words(p_k) + 4 words (a sibling, not a run-on)"
     )
+    rank_from_level: int = Field(
+        default=3, ge=1, le=5,
+        description="levels below it keep their first valid sample; from it on, the most likely valid sample",
+    )
     batch_size: int = Field(default=64, ge=1, description="prompts per generate call")
     engine: Literal["transformers", "vllm"] = Field(
         default="transformers", description="what samples the ordering model: vllm serves decoder-only models only"

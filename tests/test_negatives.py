@@ -61,6 +61,10 @@ def _sims(texts: list[str]) -> np.ndarray:
         ("a big brown dog with a red collar", 1, "too_long"),
         ("a cat on a couch. A cat on a couch. A cat on a couch. A cat on a couch. A cat on a couch.", 3, "too_long"),
         ("a striped cat sleeping on a wooden bench", 3, None),
+        # near p_3 "a dog on a couch": a restatement is its ancestor, an extension one of its children
+        ("a dog is on a couch", 3, "ancestor"),
+        ("a dog on the sofa", 3, "ancestor"),
+        ("a dog on a couch in a sunny living room", 3, None),
     ],
 )
 def test_candidate_checks(tmp_path: Path, text: str, level: int, problem: str | None) -> None:
@@ -112,3 +116,37 @@ def test_a_retrained_model_redoes_the_shards(tmp_path: Path) -> None:
     manifest = json.loads(manifest_path.read_text())
     manifest_path.write_text(json.dumps({**manifest, "model_hash": "0" * 16}))
     assert NegativesStage(tiny_config(), run_dir).fingerprint() != before
+
+
+def test_low_levels_keep_the_first_valid_sample_higher_levels_the_most_likely(tmp_path: Path) -> None:
+    """The choice among one round's samples, replayed from the same seed: levels below
+    `rank_from_level` take the first valid sample (a draw, not the mode), the others the valid
+    sample with the highest mean log-probability."""
+    from hiercaps_gen.stages.negatives import _seed
+    from hiercaps_gen.ordering.tasks import down_source
+
+    run_dir = _copy(tmp_path, rows=12)
+    config = tiny_config(**{"negatives.rounds": 1, "negatives.rank_from_level": 3})
+    stage = NegativesStage(config, run_dir)
+    rows = hierarchy_rows(12)
+    with torch_threads(1):
+        out = stage.process(rows, "shard-x")
+        cfg = config.negatives
+        keys = [(i, k) for i in range(len(rows)) for k in range(4)]
+        samples = stage.model.scored([down_source(rows[i]["positive"][:k]) for i, k in keys], cfg.candidates,
+                                     sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
+                                     seed=_seed(config.seed, "shard-x", 0, 0))
+        embedder = get_embedder("embedded:minilm", "cpu")
+        chosen = {r["id"]: r["negative"] for r in out.rows}
+        differs = 0
+        for (i, k), outs in zip(keys, samples):
+            if rows[i]["id"] not in chosen:
+                continue
+            positive = rows[i]["positive"]
+            sims = embedder.encode([t for t, _ in outs]) @ embedder.encode(positive).T
+            valid = [(score, text) for (text, score), s in zip(outs, sims)
+                     if stage.candidate_problem(text, k, s, positive) is None]
+            first, likeliest = valid[0][1], max(valid, key=lambda pair: pair[0])[1]
+            assert chosen[rows[i]["id"]][k] == (first if k + 1 < 3 else likeliest)
+            differs += k + 1 < 3 and first != likeliest
+    assert differs > 0  # the two rules disagree somewhere at levels 1-2: the test tells them apart

@@ -3,10 +3,14 @@
 n_k is drawn from the generic→specific direction conditioned on p_1..p_{k-1} ("anything" for
 k = 1), so it is a plausible child of p_{k-1}; a candidate is kept only if it is not p_k, not a
 paraphrase of it (MiniLM cosine ≥ `paraphrase_threshold`), not an ancestor (p_j, j < k, or
-"anything") and not a descendant (p_j, j > k: those are true of the image). Of a level's valid
-samples the one the model finds most likely (mean token log-probability) is kept: n_k comes from
-the model's distribution restricted to valid siblings, and fluent text wins over the word salad a
-small model also samples.
+"anything", or near one without extending it: a longer text near p_j with a content word p_j
+lacks is a specialization of p_j, which is what a sibling of p_{j+1} is) and not a descendant
+(p_j, j > k: those are true of the image). At levels 1..`rank_from_level`−1 (a word or two) the
+first valid sample is kept, so n_k is a draw from the model's distribution restricted to valid
+siblings, as in the paper; taking the most likely of a few samples there collapsed onto the mode
+("person" as n_1 of half the rows). From `rank_from_level` on (phrases and sentences) the valid
+sample the model finds most likely (mean token log-probability) is kept: fluent text wins over the
+word salad a small model also samples.
 Sampling is seeded per (seed, shard, round, batch): same seed, same negatives. The sampler is the
 trained model in transformers or, with `negatives.engine: vllm` (the CPU default), in a vLLM engine
 held once per worker process (`ordering/vllm_sampler.py`).
@@ -27,7 +31,7 @@ from hiercaps_gen.encoders import get_embedder
 from hiercaps_gen.ordering.generate import OrderingModel, trained_model_hash
 from hiercaps_gen.ordering.model import torch_threads
 from hiercaps_gen.ordering.vllm_sampler import VLLMOrderingModel
-from hiercaps_gen.hierarchy import dedup_key, is_hierarchy, word_count
+from hiercaps_gen.hierarchy import content_words, dedup_key, is_hierarchy, word_count
 from hiercaps_gen.ordering.tasks import ARROW, down_source
 from hiercaps_gen.release.stats import level_profile
 from hiercaps_gen.stages.base import Reject, Resources, ShardOutput, ShardStage, load_manifest
@@ -114,19 +118,26 @@ class NegativesStage(ShardStage):
             return "too_long"  # a sibling is about as specific as p_k; sampled run-ons repeat themselves
         return None
 
-    def similarity_problem(self, k: int, sims: np.ndarray) -> str | None:
-        """Why a candidate with cosines `sims` to p_1..p_4 cannot be n_k (None: no objection)."""
+    def similarity_problem(self, text: str, k: int, sims: np.ndarray, positive: list[str]) -> str | None:
+        """Why candidate `text`, with cosines `sims` to p_1..p_4, cannot be n_k (None: no objection).
+        Near an ancestor p_j is a problem unless the text extends p_j (longer, with a content word
+        p_j lacks): "a cat watching a computer on a desk" near p_3 "a cat watching a computer" is
+        one of p_3's children, as n_4 should be; "a cat is watching a computer" restates it."""
         near = sims >= self.config.negatives.paraphrase_threshold
         if near[k]:
             return "paraphrase"
-        if near[:k].any():
+        if any(near[j] and not self._extends(text, positive[j]) for j in range(k)):
             return "ancestor"
         if near[k + 1 :].any():
             return "descendant"
         return None
 
+    @staticmethod
+    def _extends(text: str, ancestor: str) -> bool:
+        return word_count(text) > word_count(ancestor) and bool(content_words(text) - content_words(ancestor))
+
     def candidate_problem(self, text: str, k: int, sims: np.ndarray, positive: list[str]) -> str | None:
-        return self.lexical_problem(text, k, positive) or self.similarity_problem(k, sims)
+        return self.lexical_problem(text, k, positive) or self.similarity_problem(text, k, sims, positive)
 
     def process(self, rows: list[dict[str, Any]], shard: str) -> ShardOutput:
         with torch_threads(self.config.ordering.threads):
@@ -159,7 +170,9 @@ class NegativesStage(ShardStage):
                             ok.append((score, text))
                         else:
                             problems[(i, k)][problem] += 1
-                    queues[(i, k)] = [text for _, text in sorted(ok, key=lambda pair: -pair[0])]  # stable
+                    if k + 1 >= cfg.rank_from_level:
+                        ok.sort(key=lambda pair: -pair[0])  # stable: ties keep sample order
+                    queues[(i, k)] = [text for _, text in ok]
                 self._pick_by_similarity(batch, valid, queues, chosen, problems)
         accepted, model_hash = [], self.model.model_hash
         for i, row in enumerate(valid):
@@ -192,7 +205,7 @@ class NegativesStage(ShardStage):
             texts = [queues[key].pop(0) for key in todo]
             vectors = embedder.encode(texts)
             for (i, k), text, vector in zip(todo, texts, vectors):
-                problem = self.similarity_problem(k, of_row[i] @ vector)
+                problem = self.similarity_problem(text, k, of_row[i] @ vector, valid[i]["positive"])
                 if problem is None:
                     chosen[(i, k)] = text
                 else:
