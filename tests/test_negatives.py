@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from hiercaps_gen.encoders import get_embedder
-from hiercaps_gen.stages.negatives import NegativesStage
+from hiercaps_gen.ordering.tasks import down_source
+from hiercaps_gen.stages.negatives import NegativesStage, _seed
 from hiercaps_gen.ordering.model import torch_threads
 from hiercaps_gen.stages.base import read_stage_rows
 from hiercaps_gen.hierarchy import dedup_key
@@ -122,9 +123,6 @@ def test_low_levels_keep_the_first_valid_sample_higher_levels_the_most_likely(tm
     """The choice among one round's samples, replayed from the same seed: levels below
     `rank_from_level` take the first valid sample (a draw, not the mode), the others the valid
     sample with the highest mean log-probability."""
-    from hiercaps_gen.stages.negatives import _seed
-    from hiercaps_gen.ordering.tasks import down_source
-
     run_dir = _copy(tmp_path, rows=12)
     config = tiny_config(**{"negatives.rounds": 1, "negatives.rank_from_level": 3})
     stage = NegativesStage(config, run_dir)
