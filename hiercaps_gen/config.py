@@ -73,6 +73,9 @@ class AbstractConfig(Strict):
     min_overlap: float = Field(default=0.5, ge=0.0, le=1.0, description="share of level k words in level k+1")
     level1_check: bool = Field(default=True, description="level 1 must be level 2's head or a known hypernym of it")
     repair_level1: bool = Field(default=True, description="replace a failing level 1 by the hypernym table's category")
+    draw_level1: bool = Field(
+        default=False, description="redraw a table-category level 1 (seeded) among all categories of level 2's head"
+    )
     embedding_min_tau: float = Field(default=0.6, ge=-1.0, le=1.0, description="Kendall tau, root distance vs level")
     embedding_encoder: str = Field(default="embedded:minilm", description="sentence encoder of the embedding check")
     max_caption_chars: int = Field(default=2000, ge=1, description="longer captions are rejected, not prompted")
@@ -118,6 +121,9 @@ class NegativesConfig(Strict):
     min_level4_words: int = Field(default=5, ge=1, description="level-4 negatives are caption-like sentences")
     max_words_ratio: float = Field(
         default=2.0, gt=0, description="n_k may have at most ratio × words(p_k) + 4 words (a sibling, not a run-on)"
+    )
+    level1_source: Literal["model", "categories"] = Field(
+        default="model", description="n_1 sampled by the ordering model, or drawn among table categories no positive names"
     )
     rank_from_level: int = Field(
         default=3, ge=1, le=5,

@@ -181,3 +181,20 @@ def lookup(word_list: list[str]) -> tuple[str, frozenset[str]] | None:
 def direct_categories(member: str) -> list[str]:
     """The table's own categories of a member (not the broader ones), in table order."""
     return [category for category, text in CATEGORIES.items() if member in _phrases(text)]
+
+
+def absent_categories(word_list: list[str], named: set[str]) -> list[str]:
+    """The table's categories (in table order) that the words do not name, so none is true of the image.
+
+    A category is out when a word or two-word phrase of `word_list` is one of its members, or when
+    it, or a term broader than it, is in `named` (the categories those members fall under, plus
+    the texts the caller passes, such as "creature" or "food"): what is left is a sibling of every
+    named category, never an ancestor or a descendant of one.
+    """
+    known, out = table(), set(named)
+    for i, word in enumerate(word_list):
+        for form in forms(word):
+            out |= known.get(form, frozenset())
+            if i > 0:
+                out |= known.get(f"{word_list[i - 1]} {form}", frozenset())
+    return [c for c in CATEGORIES if c not in out and not out.intersection(BROADER.get(c, ()))]

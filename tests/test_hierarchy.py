@@ -47,8 +47,10 @@ def test_word_count_is_the_checks_tokenisation() -> None:
 
 # -- level 1 more generic than level 2 (issue 11) --------------------------------------------------
 
-from hiercaps_gen.hierarchy import Checks, HierarchyInvalid, level1_problem, repair_level1, validate_hierarchy  # noqa: E402
-from hiercaps_gen.hypernyms import lookup, singular  # noqa: E402
+from hiercaps_gen.hierarchy import (  # noqa: E402
+    Checks, HierarchyInvalid, draw_level1, level1_problem, repair_level1, validate_hierarchy,
+)
+from hiercaps_gen.hypernyms import absent_categories, lookup, singular  # noqa: E402
 
 BAD_LEVEL1 = [("mug", "knife"), ("building", "sheep"), ("mother", "baby"), ("bear", "bear"), ("animal", "teddy bear"),
               ("food", "dogs"), ("street", "bus")]
@@ -109,6 +111,31 @@ def test_repair_replaces_only_a_failing_level1_by_the_heads_single_category() ->
     assert repaired.levels[:2] == ("animal", "bear")
     with pytest.raises(HierarchyInvalid, match="duplicate_levels"):  # without repair the same answer fails
         validate_hierarchy(("bear", "bear", "a bear swimming in water"), caption)
+
+
+def test_draw_spreads_a_category_level1_over_every_category_of_the_head() -> None:
+    caption = "A red double decker bus driving down a city street."
+    levels = ("vehicle", "bus", "a red bus on a street", caption)
+    drawn = {draw_level1(levels, seed)[0] for seed in range(40)}
+    assert drawn == {"vehicle", "transportation", "transport", "object"}  # the table's closure of "bus"
+    assert all(level1_problem(level1, "bus") is None for level1 in drawn)
+    assert draw_level1(levels, 7) == draw_level1(levels, 7) and draw_level1(levels, 7)[1:] == levels[1:]
+    kept = ("bear", "brown bear", "a brown bear in water", caption)
+    assert {draw_level1(kept, seed) for seed in range(10)} == {kept}  # a head-noun level 1 is the LLM's own
+    unknown = ("thing", "flux capacitor", "x", caption)
+    assert draw_level1(unknown, 3) == unknown
+    people = {draw_level1(("person", "people", "people on a bus", caption), seed)[0] for seed in range(20)}
+    assert "people" not in people and people <= {"person", "human"}  # never a repeat of level 2
+    checked = {validate_hierarchy(levels[:3], caption, level1_seed=seed).levels[0] for seed in range(8)}
+    assert len(checked) > 1 and validate_hierarchy(levels[:3], caption).levels[0] == "vehicle"
+
+
+def test_absent_categories_are_those_no_word_names() -> None:
+    absent = absent_categories("a man riding a horse on the beach".split(), set())
+    assert not {"person", "animal", "place"} & set(absent) and {"vehicle", "food"} <= set(absent)
+    assert "toy" not in absent_categories("a teddy bear on a bed".split(), set())  # two-word member
+    assert not {"food", "fruit", "vegetable"} & set(absent_categories(["thing"], {"food"}))  # narrower than a named one
+    assert "animal" not in absent_categories(["thing"], {"creature"})  # a named broader term
 
 
 def test_level1_may_be_the_first_words_of_level2_but_not_a_middle_word() -> None:

@@ -10,12 +10,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from hiercaps_gen import hypernyms
 from hiercaps_gen.encoders import get_embedder
 from hiercaps_gen.ordering.tasks import down_source
 from hiercaps_gen.stages.negatives import NegativesStage, _seed
 from hiercaps_gen.ordering.model import torch_threads
 from hiercaps_gen.stages.base import read_stage_rows
-from hiercaps_gen.hierarchy import dedup_key
+from hiercaps_gen.hierarchy import dedup_key, words
 
 from .test_ordering_data import hierarchy_rows, tiny_config, trained_run, write_abstract
 
@@ -148,3 +149,23 @@ def test_low_levels_keep_the_first_valid_sample_higher_levels_the_most_likely(tm
             assert chosen[rows[i]["id"]][k] == (first if k + 1 < 3 else likeliest)
             differs += k + 1 < 3 and first != likeliest
     assert differs > 0  # the two rules disagree somewhere at levels 1-2: the test tells them apart
+
+
+def test_level1_from_categories_is_a_seeded_sibling_no_positive_names(tmp_path: Path) -> None:
+    """`level1_source: categories`: n_1 is one of the table's categories that no positive level
+    names (never p_1, an ancestor or a descendant of it), drawn per row from the seed."""
+    run_dir = _copy(tmp_path, rows=12)
+    rows = hierarchy_rows(12)
+    firsts = {}
+    for seed in (0, 0, 1):
+        config = tiny_config(**{"negatives.level1_source": "categories", "seed": seed})
+        with torch_threads(1):
+            out = NegativesStage(config, run_dir).process(rows, "shard-x")
+        assert out.rows
+        for row in out.rows:
+            named = {p.lower() for p in row["positive"]}
+            absent = hypernyms.absent_categories([w for p in row["positive"] for w in words(p)], named)
+            assert row["negative"][0] in absent and row["negative"][0] != row["positive"][0]
+        firsts.setdefault(seed, []).append({r["id"]: r["negative"][0] for r in out.rows})
+    assert firsts[0][0] == firsts[0][1] and firsts[0][0] != firsts[1][0]
+    assert len(set(firsts[0][0].values())) > 1  # a draw per row, not one category for all

@@ -163,15 +163,17 @@ class AbstractStage(ShardStage):
         regex = self.template.answer_regex(row["caption"]) if llm.structured_output else None
         return GenerationRequest(self.template.messages(row["caption"]), sampling, regex)
 
-    def judge(self, caption: str, generation: Generation) -> PositiveHierarchy | HierarchyInvalid:
-        """The checked hierarchy, or why this answer is not one."""
+    def judge(self, row: dict[str, Any], generation: Generation) -> PositiveHierarchy | HierarchyInvalid:
+        """The checked hierarchy of `row`'s caption, or why this answer is not one."""
         if generation.error is not None:
             return HierarchyInvalid("llm_error", generation.error)
         if generation.finish_reason == "length":  # cut off at max_new_tokens: its last level may be half a phrase
             return HierarchyInvalid("truncated", f"stopped at the {self.settings.llm.max_new_tokens}-token limit")
         try:
             levels = parse_answer(generation.text, self.template.answer_order)
-            return validate_hierarchy(levels, caption, self.checks)
+            draw = self.settings.draw_level1  # attempt 0 seeds the draw: generation attempts count from 1
+            seed = derive_seed(self.config.seed, row["id"], 0, 0) if draw else None
+            return validate_hierarchy(levels, row["caption"], self.checks, level1_seed=seed)
         except PromptError as exc:
             return HierarchyInvalid("format", str(exc))
         except HierarchyInvalid as exc:
@@ -218,7 +220,7 @@ class AbstractStage(ShardStage):
             stats["cache_hits" if generation.cached else "backend_prompts"] += 1
             stats["cached_tokens" if generation.cached else "generated_tokens"] += generation.completion_tokens
             stats["prompt_tokens"] += generation.prompt_tokens
-        verdicts = [self.judge(pending[i // candidates]["caption"], g) for i, g in enumerate(generations)]
+        verdicts = [self.judge(pending[i // candidates], g) for i, g in enumerate(generations)]
         scores = self._scores(verdicts)
         still: list[dict[str, Any]] = []
         for r, row in enumerate(pending):
@@ -238,7 +240,7 @@ class AbstractStage(ShardStage):
             assert isinstance(hierarchy, PositiveHierarchy)
             stats[f"accepted_attempt_{attempt}"] += 1
             if hierarchy.levels[0] != clean_level(parse_answer(generations[best].text, self.template.answer_order)[0]):
-                stats["repaired_level1"] += 1  # the hypernym table's category replaced the LLM's level 1
+                stats["repaired_level1"] += 1  # a hypernym-table category replaced the LLM's level 1 (repair or draw)
             accepted[row["id"]] = {
                 **{key: row[key] for key in ("id", "source", "source_id", "image_id", "image_url", "caption")},
                 "positive": list(hierarchy.levels), "positive_origin": "llm", "generator_model": self.model_id,

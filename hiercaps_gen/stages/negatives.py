@@ -11,6 +11,9 @@ siblings, as in the paper; taking the most likely of a few samples there collaps
 ("person" as n_1 of half the rows). From `rank_from_level` on (phrases and sentences) the valid
 sample the model finds most likely (mean token log-probability) is kept: fluent text wins over the
 word salad a small model also samples.
+With `level1_source: categories` (the CPU default) n_1 is not sampled: it is drawn among the
+hypernym table's categories that no positive level names, which a small model's n_1 ("person",
+"roadassistant") often is not; measured in docs/decisions.md.
 Sampling is seeded per (seed, shard, round, batch): same seed, same negatives. The sampler is the
 trained model in transformers or, with `negatives.engine: vllm` (the CPU default), in a vLLM engine
 held once per worker process (`ordering/vllm_sampler.py`).
@@ -19,6 +22,7 @@ held once per worker process (`ordering/vllm_sampler.py`).
 from __future__ import annotations
 
 import hashlib
+import random
 from collections import Counter
 from collections.abc import Callable, Iterable
 from functools import cached_property
@@ -26,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from hiercaps_gen import hierarchy
+from hiercaps_gen import hierarchy, hypernyms
 from hiercaps_gen.encoders import get_embedder
 from hiercaps_gen.ordering.generate import OrderingModel, trained_model_hash
 from hiercaps_gen.ordering.model import torch_threads
@@ -139,6 +143,18 @@ class NegativesStage(ShardStage):
     def candidate_problem(self, text: str, k: int, sims: np.ndarray, positive: list[str]) -> str | None:
         return self.lexical_problem(text, k, positive) or self.similarity_problem(text, k, sims, positive)
 
+    def level1_categories(self, row: dict[str, Any]) -> list[str]:
+        """Candidates for n_1 when `level1_source: categories`: the hypernym table's categories that
+        no word of p_1..p_4 names (siblings of p_1 not true of the image, as far as the table
+        knows), lexically valid, in a seeded order: the first to pass the similarity checks is a
+        uniform draw among valid siblings, as the model's first valid sample is at levels 2+."""
+        positive = row["positive"]
+        named = {p.lower() for p in positive}
+        words = [w for p in positive for w in hierarchy.words(p)]
+        options = [c for c in hypernyms.absent_categories(words, named) if self.lexical_problem(c, 0, positive) is None]
+        random.Random(_seed(self.config.seed, row["id"], "level1")).shuffle(options)
+        return options
+
     def process(self, rows: list[dict[str, Any]], shard: str) -> ShardOutput:
         with torch_threads(self.config.ordering.threads):
             return self._negatives(rows, shard)
@@ -153,8 +169,17 @@ class NegativesStage(ShardStage):
             (i, k): Counter() for i in range(len(valid)) for k in range(LEVELS)
         }
         queues: dict[tuple[int, int], list[str]] = {}
+        sampled = range(LEVELS)
+        if cfg.level1_source == "categories":
+            firsts = [(i, 0) for i in range(len(valid))]
+            for i, _ in firsts:
+                queues[(i, 0)] = self.level1_categories(valid[i])
+                if not queues[(i, 0)]:
+                    problems[(i, 0)]["no_absent_category"] += 1
+            self._pick_by_similarity(firsts, valid, queues, chosen, problems)
+            sampled = range(1, LEVELS)
         for round_ in range(cfg.rounds):
-            pending = [(i, k) for i in range(len(valid)) for k in range(LEVELS) if (i, k) not in chosen]
+            pending = [(i, k) for i in range(len(valid)) for k in sampled if (i, k) not in chosen]
             for start in range(0, len(pending), cfg.batch_size):
                 batch = pending[start : start + cfg.batch_size]
                 sources = [down_source(valid[i]["positive"][:k]) for i, k in batch]
