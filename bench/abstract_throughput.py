@@ -15,16 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from common import REPO, timed  # noqa: E402  (first: puts this checkout on sys.path)
 
 from hiercaps_gen.stages.abstract import AbstractStage  # noqa: E402
 from hiercaps_gen.config import RunConfig  # noqa: E402
@@ -37,12 +31,6 @@ def sample_rows(n: int) -> list[dict]:
     anns = data["annotations"][:n]
     return [{"id": f"coco:{a['id']}", "source": "coco", "source_id": str(a["id"]), "image_id": str(a["image_id"]),
              "image_url": "", "caption": " ".join(a["caption"].split())} for a in anns]
-
-
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
 
 
 def report(name: str, captions: int, tokens: float, seconds: float) -> dict:

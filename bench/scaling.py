@@ -12,15 +12,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from common import timed  # noqa: E402  (first: puts this checkout on sys.path)
 
 from hiercaps_gen.stages.abstract import AbstractStage  # noqa: E402
 from hiercaps_gen.config import load_config  # noqa: E402
@@ -29,12 +24,6 @@ from hiercaps_gen.stages.ingest import run_ingest  # noqa: E402
 from hiercaps_gen.llm.factory import create_generator  # noqa: E402
 from hiercaps_gen.stages.negatives import NegativesStage  # noqa: E402
 from hiercaps_gen.stages.train_ordering import train_ordering  # noqa: E402
-
-
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
 
 
 def main() -> None:

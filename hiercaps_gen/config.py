@@ -125,6 +125,9 @@ class NegativesConfig(Strict):
     level1_source: Literal["model", "categories"] = Field(
         default="model", description="n_1 sampled by the ordering model, or drawn among table categories no positive names"
     )
+    known_word_levels: int = Field(
+        default=0, ge=0, le=4, description="levels 1..N: every word known to the scorer's vocabulary, the positives or the table"
+    )
     rank_from_level: int = Field(
         default=3, ge=1, le=5,
         description="levels below it keep their first valid sample; from it on, the most likely valid sample",

@@ -169,3 +169,17 @@ def test_level1_from_categories_is_a_seeded_sibling_no_positive_names(tmp_path: 
         firsts.setdefault(seed, []).append({r["id"]: r["negative"][0] for r in out.rows})
     assert firsts[0][0] == firsts[0][1] and firsts[0][0] != firsts[1][0]
     assert len(set(firsts[0][0].values())) > 1  # a draw per row, not one category for all
+
+
+def test_short_negatives_with_a_word_nobody_knows_are_refused(tmp_path: Path) -> None:
+    """`known_word_levels: 2`: at levels 1-2 every word must be in the scorer's vocabulary, the
+    run's positives or the hypernym table; longer levels are left to the fluency filter."""
+    run_dir = _copy(tmp_path, rows=12)
+    stage = NegativesStage(tiny_config(**{"negatives.known_word_levels": 2}), run_dir)
+    assert stage.lexical_problem("roadassistant", 1, POSITIVE) == "unknown_word"
+    assert stage.lexical_problem("pl := peoplee", 0, POSITIVE) == "unknown_word"
+    assert stage.lexical_problem("A cat on a roadassistant couch.", 3, POSITIVE) is None  # level 4: not judged here
+    assert stage.lexical_problem("giraffes", 1, POSITIVE) is None  # not MiniLM's, but the table's (and plural)
+    assert stage.lexical_problem("brown horse", 1, POSITIVE) is None
+    assert stage.is_known("trotting") and stage.lexical_problem("horse trotting", 1, POSITIVE) is None  # a positive's word
+    assert NegativesStage(tiny_config(), run_dir).lexical_problem("roadassistant", 1, POSITIVE) is None  # off by default

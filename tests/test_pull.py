@@ -1,6 +1,7 @@
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -133,3 +134,24 @@ def test_pinned_manifest_and_version_mismatch(releases, tmp_path):
         pull(str(releases / NAME), "2.0.0", tmp_path / "no", progress=False)
     with pytest.raises(PullError, match="unsupported source"):
         pull("ftp://x/y", "2.0.0", tmp_path / "no", progress=False)
+
+
+def test_pulls_into_one_destination_take_turns(releases, tmp_path):
+    """A pull waits while another holds the destination; then it finds that release, verified."""
+    import fcntl
+    import threading
+
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    fd = os.open(dest, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # stands in for another pull in progress
+    got: list[Path] = []
+    waiter = threading.Thread(target=lambda: got.append(pull(str(releases / NAME), "1.2.3", dest, progress=False)))
+    waiter.start()
+    time.sleep(1.0)
+    assert not got and not (dest / NAME).exists()  # nothing fetched while the destination is held
+    first = pull(str(releases / NAME), "1.2.3", tmp_path / "other", progress=False)  # another destination is free
+    shutil.copytree(first, dest / NAME / "1.2.3")  # "the other pull" finishes
+    os.close(fd)
+    waiter.join(timeout=30)
+    assert got == [(dest / NAME / "1.2.3").resolve()] and not (dest / ".partial").exists()

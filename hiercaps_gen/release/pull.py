@@ -14,16 +14,19 @@ block between its read and its write, a Hub download before it is renamed (not c
 place; files run in parallel threads, largest first. A file
 whose sha256 or size differs from the manifest is deleted and the pull fails. Only when every
 file checks out is `DEST/.partial/<name>/<version>/` renamed to `DEST/<name>/<version>/`.
+Pulls into one destination take turns (an flock on `DEST`): a second pull of the same version
+waits, then verifies and returns the first one's release.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
@@ -31,7 +34,7 @@ from urllib.parse import unquote, urlparse
 import httpx
 from tqdm import tqdm
 
-from hiercaps_gen.release.manifest import MAX_MANIFEST_BYTES, ManifestError, ReleaseFile, parse_manifest
+from hiercaps_gen.release.manifest import MAX_MANIFEST_BYTES, ManifestError, ReleaseFile, ReleaseManifest, parse_manifest
 from hiercaps_gen.release.read import verify_release
 from hiercaps_gen.files import sha256_file
 
@@ -312,44 +315,64 @@ def pull(
             raise PullError(str(exc)) from None
         if manifest.version != version:
             raise PullError(f"manifest says version {manifest.version}, asked for {version}")
-        final = dest / manifest.name / version
-        if final.exists():
-            verify_release(final)  # already pulled: only accept it if it still checks out
-            return final
-        staging = dest / ".partial" / manifest.name / version
-        staging.mkdir(parents=True, exist_ok=True)
-        total = sum(f.bytes for f in manifest.files)
-        resumed, todo, root = [], [], staging.resolve()
-        for entry in manifest.files:
-            # parse_manifest admitted only plain relative paths; normpath (no file system calls) checks again
-            target = Path(os.path.normpath(root / entry.path))
-            if not target.is_relative_to(root):
-                raise PullError(f"unsafe path in manifest: {entry.path!r}")
-            if target.parent != root:
-                target.parent.mkdir(parents=True, exist_ok=True)
-            # a file at its final name was completed and checked by an interrupted pull: check it again
-            (resumed if target.is_file() else todo).append((entry, target))
-        todo.sort(key=lambda job: -job[0].bytes)  # largest first: the workers finish together
-        bars = (tqdm(total=total, unit="B", unit_scale=True, desc=f"pull {manifest.name} {version}")
-                if progress else nullcontext(_Silent()))
-        with bars as bar:
-            bar.update(sum(entry.bytes for entry, _ in resumed))
-            run_in_threads([(fetcher.fetch, (entry, target, bar)) for entry, target in todo], WORKERS)
-        for entry, path in resumed:
-            if path.stat().st_size != entry.bytes or sha256_file(path) != entry.sha256:
-                path.unlink()
-                raise PullError(f"{entry.path}: checksum mismatch in a resumed pull; file removed, pull again")
-        # no fsync here or per file: nothing is visible before the rename below, and every reader
-        # (verify_release) checks each file's sha256, so a torn write after a crash is refused, not used
-        (staging / "manifest.json").write_bytes(raw)
-        fetcher.finished()
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(staging, final)
-        for empty in (dest / ".partial" / manifest.name, dest / ".partial"):
-            try:
-                empty.rmdir()
-            except OSError:  # still holds other partial pulls
-                break
-        return final
+        dest.mkdir(parents=True, exist_ok=True)
+        with _locked(dest):
+            return _pull_files(fetcher, raw, manifest, dest, version, progress)
     finally:
         fetcher.close()
+
+
+@contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """One pull at a time into a destination (an flock on the directory itself, no lock file): a
+    second pull of the same version waits, then finds the first one's release and verifies it."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _pull_files(fetcher: PathFetcher | HttpFetcher | HubFetcher, raw: bytes, manifest: ReleaseManifest,
+                dest: Path, version: str, progress: bool) -> Path:
+    """Fetch and verify every file of `manifest` under `dest/.partial/`, then rename into place."""
+    final = dest / manifest.name / version
+    if final.exists():
+        verify_release(final)  # already pulled: only accept it if it still checks out
+        return final
+    staging = dest / ".partial" / manifest.name / version
+    staging.mkdir(parents=True, exist_ok=True)
+    total = sum(f.bytes for f in manifest.files)
+    resumed, todo, root = [], [], staging.resolve()
+    for entry in manifest.files:
+        # parse_manifest admitted only plain relative paths; normpath (no file system calls) checks again
+        target = Path(os.path.normpath(root / entry.path))
+        if not target.is_relative_to(root):
+            raise PullError(f"unsafe path in manifest: {entry.path!r}")
+        if target.parent != root:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        # a file at its final name was completed and checked by an interrupted pull: check it again
+        (resumed if target.is_file() else todo).append((entry, target))
+    todo.sort(key=lambda job: -job[0].bytes)  # largest first: the workers finish together
+    bars = (tqdm(total=total, unit="B", unit_scale=True, desc=f"pull {manifest.name} {version}")
+            if progress else nullcontext(_Silent()))
+    with bars as bar:
+        bar.update(sum(entry.bytes for entry, _ in resumed))
+        run_in_threads([(fetcher.fetch, (entry, target, bar)) for entry, target in todo], WORKERS)
+    for entry, path in resumed:
+        if path.stat().st_size != entry.bytes or sha256_file(path) != entry.sha256:
+            path.unlink()
+            raise PullError(f"{entry.path}: checksum mismatch in a resumed pull; file removed, pull again")
+    # no fsync here or per file: nothing is visible before the rename below, and every reader
+    # (verify_release) checks each file's sha256, so a torn write after a crash is refused, not used
+    (staging / "manifest.json").write_bytes(raw)
+    fetcher.finished()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(staging, final)
+    for empty in (dest / ".partial" / manifest.name, dest / ".partial"):
+        try:
+            empty.rmdir()
+        except OSError:  # still holds other partial pulls
+            break
+    return final

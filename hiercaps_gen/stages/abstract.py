@@ -17,7 +17,6 @@ import multiprocessing
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -111,18 +110,6 @@ class AbstractStage(ShardStage):
             pool.close(self.settings.llm)
             self._backend = None
         self._generator = None
-
-    def run(self, map_fn: Callable[..., Iterable[dict[str, Any]]] = map) -> dict[str, Any]:
-        try:
-            return super().run(map_fn)
-        finally:
-            self.close()
-
-    def finalize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        try:
-            return super().finalize(records)
-        finally:
-            self.close()  # flows call finalize without run: free the model (GPU memory) here too
 
     def __getstate__(self) -> dict[str, Any]:
         """Shipped to a worker (Dask) without models or connections: the worker loads its own."""

@@ -324,20 +324,31 @@ class ShardStage(ABC):
             in_rows=len(rows), fingerprint=self.fingerprint(), input_sha256=input_sha, seconds=seconds,
         )
 
+    def close(self) -> None:
+        """Free what the stage holds in this process (a model, an engine's GPU memory); `run` and
+        `finalize` call it when they end. Stages that hold nothing need not override it."""
+
     def finalize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        directory = self.directory
-        for stale in (directory / "_done").glob("*.json"):  # shards no longer upstream
-            if stale.stem not in {r["name"] for r in records}:
-                stale.unlink()
-        rows = [row for r in records for row in pq.read_table(directory / r["output"]["path"]).to_pylist()]
-        stats: Counter[str] = Counter()
-        for r in records:
-            stats.update(r["stats"])
-        stats["seconds"] = sum(r["seconds"] for r in records)
-        summary = self.summarize(rows, dict(stats))
-        section = getattr(self.config, self.config_section).model_dump(mode="json")
-        return write_stage_manifest(directory, self.name, self.fingerprint(), section, records, summary)
+        """Write the stage manifest from the shard records (flows call it without `run`), then close."""
+        try:
+            directory = self.directory
+            for stale in (directory / "_done").glob("*.json"):  # shards no longer upstream
+                if stale.stem not in {r["name"] for r in records}:
+                    stale.unlink()
+            rows = [row for r in records for row in pq.read_table(directory / r["output"]["path"]).to_pylist()]
+            stats: Counter[str] = Counter()
+            for r in records:
+                stats.update(r["stats"])
+            stats["seconds"] = sum(r["seconds"] for r in records)
+            summary = self.summarize(rows, dict(stats))
+            section = getattr(self.config, self.config_section).model_dump(mode="json")
+            return write_stage_manifest(directory, self.name, self.fingerprint(), section, records, summary)
+        finally:
+            self.close()
 
     def run(self, map_fn: Callable[..., Iterable[dict[str, Any]]] = map) -> dict[str, Any]:
-        """Run every shard (serially by default; pass a parallel map to scale out)."""
-        return self.finalize(list(map_fn(self.run_shard, self.shards())))
+        """Run every shard (serially by default; pass a parallel map to scale out), then close."""
+        try:
+            return self.finalize(list(map_fn(self.run_shard, self.shards())))
+        finally:
+            self.close()

@@ -13,7 +13,8 @@ sample the model finds most likely (mean token log-probability) is kept: fluent 
 word salad a small model also samples.
 With `level1_source: categories` (the CPU default) n_1 is not sampled: it is drawn among the
 hypernym table's categories that no positive level names, which a small model's n_1 ("person",
-"roadassistant") often is not; measured in docs/decisions.md.
+"roadassistant") often is not; measured in docs/decisions.md. With `known_word_levels: 2` (the
+CPU default) a level-1 or level-2 candidate with a word nobody knows is refused (`unknown_word`).
 Sampling is seeded per (seed, shard, round, batch): same seed, same negatives. The sampler is the
 trained model in transformers or, with `negatives.engine: vllm` (the CPU default), in a vLLM engine
 held once per worker process (`ordering/vllm_sampler.py`).
@@ -24,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable
 from functools import cached_property
 from typing import Any
 
@@ -38,7 +38,7 @@ from hiercaps_gen.ordering.vllm_sampler import VLLMOrderingModel
 from hiercaps_gen.hierarchy import content_words, dedup_key, is_hierarchy, word_count
 from hiercaps_gen.ordering.tasks import ARROW, down_source
 from hiercaps_gen.release.stats import level_profile
-from hiercaps_gen.stages.base import Reject, Resources, ShardOutput, ShardStage, load_manifest
+from hiercaps_gen.stages.base import Reject, Resources, ShardOutput, ShardStage, load_manifest, read_stage_rows
 
 LEVELS = hierarchy.LEVELS
 DISTILL_STAGE = "distill"
@@ -88,18 +88,6 @@ class NegativesStage(ShardStage):
         if isinstance(model, VLLMOrderingModel):
             model.close()
 
-    def run(self, map_fn: Callable[..., Iterable[dict[str, Any]]] = map) -> dict[str, Any]:
-        try:
-            return super().run(map_fn)
-        finally:
-            self.close()
-
-    def finalize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        try:
-            return super().finalize(records)
-        finally:
-            self.close()  # flows call finalize without run
-
     def __getstate__(self) -> dict[str, Any]:
         """Shipped to a worker (Dask) without the model: the worker loads (or pools) its own."""
         return {k: v for k, v in self.__dict__.items() if k != "model"}
@@ -120,7 +108,22 @@ class NegativesStage(ShardStage):
             return "not_a_sentence"
         if word_count(text) > self.config.negatives.max_words_ratio * word_count(positive[k]) + 4:
             return "too_long"  # a sibling is about as specific as p_k; sampled run-ons repeat themselves
+        if k < self.config.negatives.known_word_levels and not all(map(self.is_known, hierarchy.words(text))):
+            return "unknown_word"  # "roadassistant": a one- or two-word text the fluency filter does not judge
         return None
+
+    def is_known(self, word: str) -> bool:
+        return any(form in self.known_words for form in hypernyms.forms(word))
+
+    @cached_property
+    def known_words(self) -> frozenset[str]:
+        """Words a short negative may use: the scorer's whole-word vocabulary (MiniLM's lacks
+        "giraffe" and "skateboard"), every word of the run's positives, and the hypernym table."""
+        vocabulary = get_embedder(self.config.negatives.encoder, self.config.ordering.device).tokenizer.get_vocab()
+        positives = [w for row in read_stage_rows(self.run_dir, self.input_stage) for p in row["positive"]
+                     for w in hierarchy.words(p)]
+        table = [w for name in [*hypernyms.table(), *hypernyms.category_names()] for w in name.split()]
+        return frozenset(w for w in vocabulary if w.isalpha()) | frozenset(positives) | frozenset(table)
 
     def similarity_problem(self, text: str, k: int, sims: np.ndarray, positive: list[str]) -> str | None:
         """Why candidate `text`, with cosines `sims` to p_1..p_4, cannot be n_k (None: no objection).
