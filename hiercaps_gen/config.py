@@ -153,7 +153,7 @@ class FilterConfig(Strict):
     fluency_model: str | None = Field(default="embedded:smollm2", description="causal LM for NLL/token (None: off)")
     fluency_from_level: int = Field(default=4, ge=1, le=4, description="judge negatives from this level on (short texts: NLL is noise)")
     max_negative_nll: float = Field(default=7.5, gt=0, description="NLL/token (nats) above which a negative is salad")
-    max_nll_excess: float = Field(default=2.5, gt=0, description="max NLL/token of n_k minus that of p_k")
+    max_nll_excess: float = Field(default=3.0, gt=0, description="max NLL/token of n_k minus that of p_k")
     batch_size: int = Field(default=64, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(default=None, ge=1, description="CPU threads for scoring (None: torch's)")

@@ -24,7 +24,7 @@ from .test_filter import NEGATIVE, POSITIVE, negative_row
 from .test_ordering_data import tiny_config, write_stage
 
 SAMPLE = REPO_ROOT / "data" / "coco_val2014_sample" / "captions.json"
-N = 60
+N = 200  # planted rows per set: at 60, one row was 1.7 % of the rate
 
 
 def _captions() -> dict[int, list[str]]:
@@ -51,7 +51,7 @@ def _planted() -> tuple[list[list[str]], list[list[str]], list[list[str]]]:
     for image in rng.sample(images, N):
         caption = by_image[image][0]
         other = by_image[rng.choice([i for i in images if i != image])][0]
-        third = by_image[rng.choice(images)][1]
+        third = by_image[rng.choice(images)][-1]
         positives.append(["thing", "object", " ".join(caption.split()[:4]), caption])
         fluent.append(["place", "animal", " ".join(other.split()[:4]), other])
         garbled.append(["place", "animal", " ".join(_garble(other, third, rng).split()[:4]), _garble(other, third, rng)])
