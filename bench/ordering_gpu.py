@@ -4,7 +4,10 @@ A device check (docs/ordering.md), not a test: CI has no GPU. It needs only the 
 *tokenizer* (the default recipe builds its model from a config), so it runs where the embedded
 weights are not installed. Prints wall times; the "flan-t5-base size" line is a T5 with
 flan-t5-base's shape (d_model 768, 12+12 layers) built from a config, for GPU throughput.
-Usage: python -m bench.ordering_gpu [--device cpu --max-steps 20 --small-only]  (the flags: a dry run)
+`--causal DIR` adds the `cpu` profile's causal recipe on a decoder-only model directory (the SmolLM2
+export, or one of its shape built from a config where the GGUF cannot travel): its training
+settings, all steps timed (no early stop), then seeded sampling from it.
+Usage: python -m bench.ordering_gpu [--device cpu --max-steps 20 --small-only] [--causal DIR]
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 import torch
 
 from hiercaps_gen import hierarchy
-from hiercaps_gen.config import FilterConfig, RunConfig
+from hiercaps_gen.config import FilterConfig, RunConfig, load_config
 from hiercaps_gen.stages.distill import DistillStage
 from hiercaps_gen.stages.filter import NLIScorer
 from hiercaps_gen.models import resolve
@@ -34,8 +37,8 @@ SIZES = {
 }
 
 
-def train(label: str, overrides: dict, run_dir: Path, device: str) -> RunConfig:
-    config = RunConfig().with_overrides({"ordering.device": device, **overrides})
+def train(label: str, overrides: dict, run_dir: Path, device: str, base: RunConfig | None = None) -> RunConfig:
+    config = (base or RunConfig()).with_overrides({"ordering.device": device, **overrides})
     start = time.perf_counter()
     manifest = train_ordering(config, run_dir)
     seconds = time.perf_counter() - start
@@ -81,11 +84,28 @@ def nli_check(tmp: Path, device: str) -> None:
     print(f"nli scorer on {device}: {len(verdicts)} rows judged", flush=True)
 
 
+def causal_check(model_dir: str, rows: list[dict], run_dir: Path, device: str, max_steps: int | None) -> None:
+    """The cpu profile's ordering recipe (bf16, top layers trained) on `model_dir`, then sampling."""
+    write_abstract(run_dir, rows)
+    overrides = {"ordering.model": model_dir, "ordering.patience": None}
+    train("causal (cpu profile recipe)", {**overrides, **({"ordering.max_steps": max_steps} if max_steps else {})},
+          run_dir, device, load_config("cpu"))
+    model = OrderingModel.from_run(run_dir, device)
+    sources = [down_source(r["positive"][:k]) for r in rows[:32] for k in range(4)]
+    start = time.perf_counter()
+    first = model.generate(sources, 4, sample=True, temperature=1.0, top_p=0.95, seed=3)
+    seconds = time.perf_counter() - start
+    assert first == model.generate(sources, 4, sample=True, temperature=1.0, top_p=0.95, seed=3)
+    print(f"causal sampling on {device}: {len(sources) * 4} candidates in {seconds:.2f}s, same seed same output",
+          flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--max-steps", type=int, default=None, help="cap every training run (dry runs)")
     parser.add_argument("--small-only", action="store_true", help="skip the flan-t5-base-size run")
+    parser.add_argument("--causal", help="a decoder-only model directory to train with the cpu profile's recipe")
     args = parser.parse_args()
     device = args.device
     if device == "cuda":
@@ -114,6 +134,8 @@ def main() -> None:
         print("upward:", model.ancestors([r["caption"] for r in rows[-4:]]), flush=True)
         distill_check(config, run_dir)
         nli_check(tmp, device)
+        if args.causal:
+            causal_check(args.causal, rows, tmp / "causal", device, args.max_steps)
     print(f"{device} check ok", flush=True)
 
 

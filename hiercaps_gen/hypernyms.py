@@ -6,9 +6,11 @@ project turns into hierarchies (COCO-like scenes) name a few hundred everyday he
 of categories and their members, written for this project, covers most of them. A head the table
 does not know is reported as unknown (a counted reject reason), never guessed.
 
-`CATEGORIES` maps a category (a possible level 1) to member nouns (singular); `BROADER` lifts a
-category to wider ones (transitively), so "vehicle" is also "transportation" and "object".
-Two-word members are written with `_` ("teddy_bear") and looked up before their last word.
+`CATEGORIES` maps a category (a possible level 1) to member nouns (singular); `KINDS` adds the
+kinds between a member and its category ("dog": canine, mammal, pet); `BROADER` lifts a category
+or kind to wider ones (transitively), so "vehicle" is also "transportation" and "object"; `ROOTS`
+adds the widest terms ("organism", "physical entity"), which many categories share. Two-word
+members are written with `_` ("teddy_bear") and looked up before their last word.
 """
 
 from __future__ import annotations
@@ -100,6 +102,97 @@ BROADER: dict[str, tuple[str, ...]] = {
     "book": ("object", "reading material"),
     "sport": ("activity", "game"),
     "art": ("image", "object"),
+    # kinds (KINDS): each lifts to a table category
+    "adult": ("person",), "man": ("person",), "woman": ("person",), "child": ("person",), "young person": ("person",),
+    "athlete": ("person",), "worker": ("person",), "group of people": ("people",),
+    "mammal": ("animal",), "pet": ("animal",), "farm animal": ("animal",), "wild animal": ("animal",),
+    "bird": ("animal",), "canine": ("mammal",), "hoofed mammal": ("mammal",),
+    "motor vehicle": ("vehicle",), "wheeled vehicle": ("vehicle",), "public transport": ("transportation",),
+    "rail vehicle": ("vehicle",), "baked goods": ("food",), "fast food": ("food",), "sweet food": ("food",),
+    "seat": ("furniture",), "kitchen appliance": ("appliance",), "plumbing fixture": ("fixture",),
+    "light fixture": ("fixture",), "display": ("electronics",), "computer": ("electronics",), "cutlery": ("tableware",),
+    "drinkware": ("tableware",), "crockery": ("tableware",), "headwear": ("clothing",), "footwear": ("clothing",),
+    "bag": ("accessory",), "eyewear": ("accessory",), "woody plant": ("plant",), "body of water": ("nature",),
+    "landform": ("nature",), "dwelling": ("building",), "establishment": ("building",), "road": ("place",),
+    "sports field": ("place",), "waterfront": ("place", "nature"), "traffic sign": ("sign",), "stuffed toy": ("toy",),
+    "winter sport": ("sport",), "water sport": ("sport",), "ball game": ("sport",),
+}
+
+# Kinds between a member and its table category ("dog" is a canine, a mammal and a pet before it is
+# an animal): more breadths of level 1 to draw from, many of them two words long, each lifted to a
+# category in BROADER. Members are the table's own (singular, `_` joining two words). No kind has a
+# single everyday member: over "feline" the ordering model writes "cat" as the sibling of "cat".
+KINDS: dict[str, str] = {
+    "adult": "man woman guy lady gentleman businessman father mother dad mom husband wife bride groom",
+    "man": "guy gentleman father dad husband groom boyfriend businessman policeman grandfather",
+    "woman": "lady mother mom wife bride girlfriend waitress grandmother",
+    "child": "boy girl kid baby toddler infant youngster son daughter",
+    "young person": "teenager teen youngster boy girl kid child",
+    "athlete": """player skier surfer skateboarder snowboarder batter pitcher catcher goalie skater swimmer
+        runner boxer windsurfer kitesurfer baseman shortstop outfielder quarterback jockey cyclist""",
+    "worker": """chef cook baker officer policeman soldier vendor farmer waiter waitress doctor nurse pilot
+        captain sailor fisherman photographer umpire referee""",
+    "group of people": "family couple crowd team audience",
+    "mammal": """dog puppy cat kitten horse pony foal sheep lamb cow cattle calf bull ox elephant bear zebra giraffe
+        deer goat pig monkey lion tiger squirrel rabbit bunny polar_bear grizzly_bear pup heifer donkey mule camel
+        kangaroo fox wolf hippo hippopotamus rhino rhinoceros""",
+    "pet": "dog puppy pup cat kitten bunny rabbit parrot",
+    "farm animal": "sheep lamb cow cattle calf bull ox goat pig horse pony foal heifer donkey mule chicken hen rooster livestock",
+    "wild animal": """elephant bear zebra giraffe deer monkey lion tiger fox wolf kangaroo hippo hippopotamus rhino
+        rhinoceros polar_bear grizzly_bear squirrel""",
+    "bird": "duck goose seagull gull pigeon parrot owl eagle hawk swan chicken hen rooster turkey crow sparrow pelican flamingo heron",
+    "canine": "dog puppy pup wolf fox",
+    "hoofed mammal": "horse pony foal zebra giraffe deer cow cattle calf bull ox sheep lamb goat pig camel heifer donkey mule",
+    "motor vehicle": """car truck bus motorcycle van taxi cab jeep tractor suv motorbike moped pickup limousine ambulance
+        firetruck fire_truck minivan sedan convertible double_decker""",
+    "wheeled vehicle": "bike bicycle wagon cart carriage trailer scooter",
+    "public transport": "bus train tram trolley subway taxi cab ferry",
+    "rail vehicle": "train locomotive tram trolley subway",
+    "baked goods": "bread cake donut doughnut muffin bagel cookie pastry pie cupcake toast",
+    "fast food": "pizza hot_dog burger hamburger fries sandwich taco burrito",
+    "sweet food": "cake donut doughnut cookie pie cupcake ice_cream chocolate pastry muffin dessert",
+    "seat": "chair couch sofa bench stool armchair ottoman",
+    "kitchen appliance": "refrigerator fridge oven microwave stove toaster dishwasher blender",
+    "plumbing fixture": "sink toilet bathtub tub shower faucet urinal",
+    "light fixture": "lamp streetlight lamppost",
+    "display": "tv television monitor screen",
+    "computer": "laptop tablet",
+    "cutlery": "fork knife spoon silverware",
+    "drinkware": "cup mug glass wine_glass",
+    "crockery": "plate bowl teapot",
+    "headwear": "hat cap helmet",
+    "footwear": "shoe sneaker boot",
+    "bag": "backpack handbag purse suitcase luggage",
+    "eyewear": "glasses sunglasses",
+    "woody plant": "tree bush shrub palm",
+    "body of water": "ocean lake river sea",
+    "landform": "mountain hill",
+    "dwelling": "house home cabin hut apartment",
+    "establishment": "store shop market restaurant hotel",
+    "road": "street highway intersection",
+    "sports field": "court tennis_court field pitch track",
+    "waterfront": "beach shore harbor dock pier",
+    "traffic sign": "stop_sign street_sign",
+    "stuffed toy": "teddy_bear stuffed_animal teddy",
+    "winter sport": "skiing snowboarding",
+    "water sport": "surfing",
+    "ball game": "tennis baseball soccer football",
+}
+
+# The widest terms above a category. Two categories may share them (a person and an animal are both
+# organisms), so `absent_categories` reads them only for what the caller names, never to rule out
+# a sibling.
+ROOTS: dict[str, tuple[str, ...]] = {
+    "person": ("human being", "organism", "living thing", "being"),
+    "animal": ("organism", "living thing", "fauna", "being"),
+    "plant": ("organism", "living thing", "flora"),
+    "food": ("foodstuff", "nourishment", "matter", "substance"),
+    "object": ("physical object", "thing", "item", "artifact", "physical entity", "entity"),
+    "place": ("physical entity", "entity", "region", "setting"),
+    "nature": ("natural world", "environment", "physical entity"),
+    "activity": ("act", "pursuit", "leisure", "recreation"),
+    "image": ("representation", "visual", "creation"),
+    "organism": ("physical entity", "entity"),
 }
 
 # Plurals the suffix rules below do not undo.
@@ -112,7 +205,7 @@ IRREGULAR = {"men": "man", "women": "woman", "children": "child", "people": "peo
 def _members() -> dict[str, frozenset[str]]:
     """Member phrase → every category it falls under (directly or through BROADER)."""
     found: dict[str, set[str]] = {}
-    for category, text in CATEGORIES.items():
+    for category, text in [*CATEGORIES.items(), *KINDS.items()]:
         for member in _phrases(text):
             found.setdefault(member, set()).add(category)
     closed: dict[str, frozenset[str]] = {}
@@ -123,6 +216,7 @@ def _members() -> dict[str, frozenset[str]]:
             if category not in seen:
                 seen.add(category)
                 todo.extend(BROADER.get(category, ()))
+                todo.extend(ROOTS.get(category, ()))
         closed[member] = frozenset(seen)
     return closed
 
@@ -156,7 +250,8 @@ def singular(word: str) -> str:
 @cache
 def category_names() -> frozenset[str]:
     """Every category and broader term ("electronics", "sports equipment")."""
-    return frozenset(CATEGORIES) | frozenset(w for wider in BROADER.values() for w in wider)
+    wider = [*BROADER.values(), *ROOTS.values()]
+    return frozenset(CATEGORIES) | frozenset(KINDS) | frozenset(w for terms in wider for w in terms)
 
 
 def lookup(word_list: list[str]) -> tuple[str, frozenset[str]] | None:
@@ -183,13 +278,27 @@ def direct_categories(member: str) -> list[str]:
     return [category for category, text in CATEGORIES.items() if member in _phrases(text)]
 
 
+@cache
+def ancestors(category: str) -> frozenset[str]:
+    """Every term wider than a category or kind (BROADER and ROOTS, transitively)."""
+    todo, seen = [*BROADER.get(category, ()), *ROOTS.get(category, ())], set()
+    while todo:
+        term = todo.pop()
+        if term not in seen:
+            seen.add(term)
+            todo.extend([*BROADER.get(term, ()), *ROOTS.get(term, ())])
+    return frozenset(seen)
+
+
 def absent_categories(word_list: list[str], named: set[str]) -> list[str]:
-    """The table's categories (in table order) that the words do not name, so none is true of the image.
+    """The table's categories and kinds (in table order) that the words do not name, so none is
+    true of the image.
 
     A category is out when a word or two-word phrase of `word_list` is one of its members, or when
-    it, or a term broader than it, is in `named` (the categories those members fall under, plus
-    the texts the caller passes, such as "creature" or "food"): what is left is a sibling of every
-    named category, never an ancestor or a descendant of one.
+    it, or a term directly broader than it, is among the categories those members fall under; and
+    when it or any term above it is in `named` (texts the caller passes, such as "organism" or
+    "food"): what is left is a sibling of every named category, never an ancestor or a descendant
+    of one.
     """
     known, out = table(), set(named)
     for i, word in enumerate(word_list):
@@ -197,4 +306,15 @@ def absent_categories(word_list: list[str], named: set[str]) -> list[str]:
             out |= known.get(form, frozenset())
             if i > 0:
                 out |= known.get(f"{word_list[i - 1]} {form}", frozenset())
-    return [c for c in CATEGORIES if c not in out and not out.intersection(BROADER.get(c, ()))]
+    return [c for c in [*CATEGORIES, *KINDS] if c not in out and not out.intersection(BROADER.get(c, ()))
+            and not named.intersection(ancestors(c))]
+
+
+@cache
+def category_sizes() -> dict[str, int]:
+    """How many table members fall under each category, kind or root: the smaller, the more specific."""
+    sizes: dict[str, int] = {}
+    for categories in table().values():
+        for category in categories:
+            sizes[category] = sizes.get(category, 0) + 1
+    return sizes

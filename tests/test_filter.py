@@ -71,6 +71,25 @@ def test_stricter_threshold_drops_more(tmp_path: Path) -> None:
     assert strict["totals"]["reasons"] == {"negative_too_similar": 1}
 
 
+def test_positive_order_starts_at_level2_when_the_table_vouches_for_level1() -> None:
+    """Zero-shot MiniLM puts "physical object" farther from the root than "sign": a level 1 the
+    hypernym table vouches for is not judged by that, one it does not know still is."""
+    from hiercaps_gen.geometry import kendall_tau, root_distance
+    from hiercaps_gen.stages.filter import EmbeddingJudge
+
+    caption = "A red stop sign covered in snow next to a road."
+    vouched, unknown = (["physical object" if i == 0 else "solid physical stuff", "sign", "a stop sign covered in snow",
+                         caption] for i in range(2))
+    negative = ["food", "bench", "a bench in the park", "A wooden bench in a park on a sunny day."]
+    judge = EmbeddingJudge(FilterConfig(), "cpu")
+    vecs = judge.embedder.encode(vouched).reshape(1, 4, -1)
+    assert float(kendall_tau(root_distance(vecs, judge.embedder.root()))[0]) < FilterConfig().min_positive_order
+    assert hierarchy.level1_problem(vouched[0], "sign") is None and hierarchy.level1_problem(unknown[0], "sign")
+    kept, dropped = judge.judge([vouched, unknown], [negative, negative])
+    assert kept.reason is None
+    assert dropped.reason == "positive_order" and "levels 1-4" in dropped.detail
+
+
 @pytest.fixture(scope="module")
 def tiny_nli(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small, untrained NLI cross-encoder saved like a hub one (labels as in the real models)."""

@@ -49,3 +49,13 @@ def test_held_out_takes_whole_images_outside_the_excluded_ones():
     assert not images & {"img0.jpg", "img1.jpg"}
     assert len(images) == 3  # 10 rows per image: the third image completes 25
     assert (rows, images) == held_out(reference, {"img0.jpg", "img1.jpg"}, 25, 0)
+
+
+def test_held_out_set_moves_only_by_the_images_a_release_adds():
+    reference = [{"id": f"r{i}", "image": f"img{i}.jpg", "positive": [], "negative": []} for i in range(400)]
+    _, base = held_out(reference, exclude=set(), test_rows=100, seed=0)
+    outside = sorted({r["image"] for r in reference} - base)
+    _, other = held_out(reference, exclude=set(outside[:20]), test_rows=100, seed=0)
+    assert other == base  # excluding images it never held leaves the held-out set as it was
+    _, fewer = held_out(reference, exclude={sorted(base)[0]}, test_rows=100, seed=0)
+    assert len(fewer & base) == len(base) - 1  # excluding one of its images swaps that one only

@@ -4,7 +4,10 @@ Lexical checks run first for every scorer (complete rows, level 4 == caption, ea
 something, no negative repeating a positive). Then a pluggable scorer judges meaning:
 - "embedding" (offline): the MiniLM Radial-Embedding geometry. Positives must move away from the
   root (embedding of "") as they get more specific — Kendall τ between level and root distance
-  ≥ `min_positive_order` — and n_k must not be a near-copy of p_k (cosine < `max_negative_similarity`).
+  ≥ `min_positive_order`, from level 2 on when the hypernym table vouches for level 1
+  (`hierarchy.level1_problem`): zero-shot MiniLM puts a two-word category ("physical object")
+  farther from the root than its member ("sign"), the very order RE fine-tuning has to teach — and
+  n_k must not be a near-copy of p_k (cosine < `max_negative_similarity`).
   filter_score is the RE entailment margin: mean_k Ξ(p_k, n_k) − Ξ(p_k, p_{k+1}) (radians).
 - "nli" (hub cross-encoder, GPU node): P(p_{k+1} entails p_k) ≥ `nli_min_entailment` for
   k = 1..3, and P(caption entails n_k) < `nli_max_negative_entailment` (a negative true of the
@@ -62,15 +65,17 @@ class EmbeddingJudge:
         vecs = self.embedder.encode([t for h in positives + negatives for t in h]).reshape(2 * n, LEVELS, -1)
         pos, neg, root = vecs[:n], vecs[n:], self.embedder.root()
         dist = root_distance(pos, root)
-        taus = kendall_tau(dist)
+        taus, below_level1 = kendall_tau(dist), kendall_tau(dist[:, 1:])
         sim = (pos * neg).sum(-1)
         positive_angle, negative_angle = hierarchy_angles(*(torch.from_numpy(a) for a in (pos, neg, root)))
         margin = (negative_angle - positive_angle).mean(-1).numpy()
         out = []
         for i in range(n):
-            tau = float(taus[i])
+            vouched = hierarchy.level1_problem(positives[i][0], positives[i][1]) is None
+            tau = float(below_level1[i] if vouched else taus[i])
             if not shows_order(tau, self.cfg.min_positive_order):
-                reason, detail = "positive_order", f"tau={tau:.2f} root distances={np.round(dist[i], 3).tolist()}"
+                levels = "2-4" if vouched else "1-4"
+                reason, detail = "positive_order", f"tau={tau:.2f} (levels {levels}) root distances={np.round(dist[i], 3).tolist()}"
             elif sim[i].max() >= self.cfg.max_negative_similarity:
                 k = int(sim[i].argmax())
                 reason, detail = "negative_too_similar", f"level {k + 1}: cosine(n, p)={sim[i, k]:.3f}"
