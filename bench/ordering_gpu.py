@@ -91,13 +91,19 @@ def causal_check(model_dir: str, rows: list[dict], run_dir: Path, device: str, m
     train("causal (cpu profile recipe)", {**overrides, **({"ordering.max_steps": max_steps} if max_steps else {})},
           run_dir, device, load_config("cpu"))
     model = OrderingModel.from_run(run_dir, device)
+    _, first, seconds = seeded_samples(model, rows, 4)
+    print(f"causal sampling on {device}: {len(first) * 4} candidates in {seconds:.2f}s, same seed same output",
+          flush=True)
+
+
+def seeded_samples(model: OrderingModel, rows: list[dict], n: int) -> tuple[list[str], list[list[str]], float]:
+    """The prefixes of 32 rows, `n` samples of each (seed 3, checked to repeat under the same seed), seconds."""
     sources = [down_source(r["positive"][:k]) for r in rows[:32] for k in range(4)]
     start = time.perf_counter()
-    first = model.generate(sources, 4, sample=True, temperature=1.0, top_p=0.95, seed=3)
+    first = model.generate(sources, n, sample=True, temperature=1.0, top_p=0.95, seed=3)
     seconds = time.perf_counter() - start
-    assert first == model.generate(sources, 4, sample=True, temperature=1.0, top_p=0.95, seed=3)
-    print(f"causal sampling on {device}: {len(sources) * 4} candidates in {seconds:.2f}s, same seed same output",
-          flush=True)
+    assert first == model.generate(sources, n, sample=True, temperature=1.0, top_p=0.95, seed=3)
+    return sources, first, seconds
 
 
 def main() -> None:
@@ -123,13 +129,9 @@ def main() -> None:
             configs[label] = (train(label, {**overrides, **cap}, run_dir, device), run_dir)
         config, run_dir = configs["default recipe"]
         model = OrderingModel.from_run(run_dir, device)
-        sources = [down_source(r["positive"][:k]) for r in rows[:32] for k in range(4)]
-        start = time.perf_counter()
-        first = model.generate(sources, 6, sample=True, temperature=1.0, top_p=0.95, seed=3)
-        seconds = time.perf_counter() - start
-        assert first == model.generate(sources, 6, sample=True, temperature=1.0, top_p=0.95, seed=3)
+        sources, first, seconds = seeded_samples(model, rows, 6)
         other = model.generate(sources, 6, sample=True, temperature=1.0, top_p=0.95, seed=4)
-        print(f"sampling on {device}: {len(sources) * 6} candidates in {seconds:.2f}s, same seed same output, "
+        print(f"sampling on {device}: {len(first) * 6} candidates in {seconds:.2f}s, same seed same output, "
               f"other seed differs: {first != other}; e.g. {first[5][:3]} | {first[7][:2]}", flush=True)
         print("upward:", model.ancestors([r["caption"] for r in rows[-4:]]), flush=True)
         distill_check(config, run_dir)
