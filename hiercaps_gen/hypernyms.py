@@ -203,22 +203,13 @@ IRREGULAR = {"men": "man", "women": "woman", "children": "child", "people": "peo
 
 
 def _members() -> dict[str, frozenset[str]]:
-    """Member phrase → every category it falls under (directly or through BROADER)."""
+    """Member phrase → every category it falls under (directly, as a kind, or through `ancestors`)."""
     found: dict[str, set[str]] = {}
     for category, text in [*CATEGORIES.items(), *KINDS.items()]:
         for member in _phrases(text):
             found.setdefault(member, set()).add(category)
-    closed: dict[str, frozenset[str]] = {}
-    for member, categories in found.items():
-        todo, seen = list(categories), set()
-        while todo:
-            category = todo.pop()
-            if category not in seen:
-                seen.add(category)
-                todo.extend(BROADER.get(category, ()))
-                todo.extend(ROOTS.get(category, ()))
-        closed[member] = frozenset(seen)
-    return closed
+    return {member: frozenset(categories).union(*(ancestors(c) for c in categories))
+            for member, categories in found.items()}
 
 
 def _phrases(text: str) -> list[str]:
