@@ -264,6 +264,21 @@ def lookup(word_list: list[str]) -> tuple[str, frozenset[str]] | None:
     return None
 
 
+def relation(text: list[str], other: list[str]) -> str | None:
+    """How the table relates the head of `text` to the head of `other` (lower-case words): the
+    "same" head ("dogs" / "a large dog"), "above" it ("person" / "man"), "below" it ("woman" /
+    "people"), or None (unrelated, or a head the table does not know)."""
+    mine, theirs = lookup(text), lookup(other)
+    if mine is None or theirs is None:
+        return None
+    (head, wider), (other_head, other_wider) = mine, theirs
+    if head == other_head:
+        return "same"
+    if head in other_wider:
+        return "above"
+    return "below" if other_head in wider else None
+
+
 def direct_categories(member: str) -> list[str]:
     """The table's own categories of a member (not the broader ones), in table order."""
     return [category for category, text in CATEGORIES.items() if member in _phrases(text)]

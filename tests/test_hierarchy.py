@@ -52,7 +52,7 @@ def test_word_count_is_the_checks_tokenisation() -> None:
 from hiercaps_gen.hierarchy import (  # noqa: E402
     Checks, HierarchyInvalid, draw_level1, level1_problem, repair_level1, validate_hierarchy,
 )
-from hiercaps_gen.hypernyms import absent_categories, lookup, singular  # noqa: E402
+from hiercaps_gen.hypernyms import absent_categories, lookup, relation, singular  # noqa: E402
 
 BAD_LEVEL1 = [("mug", "knife"), ("building", "sheep"), ("mother", "baby"), ("bear", "bear"), ("animal", "teddy bear"),
               ("food", "dogs"), ("street", "bus")]
@@ -134,6 +134,14 @@ def test_draw_spreads_a_category_level1_over_every_category_of_the_head() -> Non
     assert "people" not in people and people <= table()["people"]  # never a repeat of level 2
     checked = {validate_hierarchy(levels[:3], caption, level1_seed=seed).levels[0] for seed in range(8)}
     assert len(checked) > 1 and validate_hierarchy(levels[:3], caption).levels[0] == "vehicle"
+
+
+def test_relation_places_one_head_against_another() -> None:
+    assert relation(["two", "dogs"], ["large", "dog"]) == "same"
+    assert relation(["person"], ["man"]) == "above" and relation(["pet"], ["dog"]) == "above"
+    assert relation(["woman"], ["group", "of", "people"]) == "below"
+    assert relation(["cat"], ["dog"]) is None and relation(["man"], ["woman"]) is None  # siblings
+    assert relation(["xyzzy"], ["dog"]) is None  # a head the table does not know: no verdict
 
 
 def test_absent_categories_are_those_no_word_names() -> None:

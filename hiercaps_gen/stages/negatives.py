@@ -15,6 +15,9 @@ With `level1_source: categories` (the CPU default) n_1 is not sampled: it is dra
 hypernym table's categories that no positive level names, which a small model's n_1 ("person",
 "roadassistant") often is not; measured in docs/decisions.md. With `known_word_levels: 2` (the
 CPU default) a level-1 or level-2 candidate with a word nobody knows is refused (`unknown_word`).
+At levels 1-2 a candidate whose head the hypernym table puts at, above or below p_k's head is no
+sibling ("dogs" or "a large dog" for "dog", "person" for "man", "woman" for "people": true of the
+image) and is refused as `same_head`, `ancestor` or `descendant`.
 Sampling is seeded per (seed, shard, round, batch): same seed, same negatives. The sampler is the
 trained model in transformers or, with `negatives.engine: vllm` (the CPU default), in a vLLM engine
 held once per worker process (`ordering/vllm_sampler.py`).
@@ -41,6 +44,8 @@ from hiercaps_gen.release.stats import level_profile
 from hiercaps_gen.stages.base import Reject, Resources, ShardOutput, ShardStage, load_manifest, read_stage_rows
 
 LEVELS = hierarchy.LEVELS
+TABLE_LEVELS = 2  # levels 1-2: a word or two, whose head noun the hypernym table can place
+RELATED = {"same": "same_head", "above": "ancestor", "below": "descendant"}
 DISTILL_STAGE = "distill"
 
 
@@ -110,6 +115,8 @@ class NegativesStage(ShardStage):
             return "too_long"  # a sibling is about as specific as p_k; sampled run-ons repeat themselves
         if k < self.config.negatives.known_word_levels and not all(map(self.is_known, hierarchy.words(text))):
             return "unknown_word"  # "roadassistant": a one- or two-word text the fluency filter does not judge
+        if k < TABLE_LEVELS and (related := hypernyms.relation(hierarchy.words(text), hierarchy.words(positive[k]))):
+            return RELATED[related]
         return None
 
     def is_known(self, word: str) -> bool:
