@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -125,6 +125,11 @@ class NegativesConfig(Strict):
     level1_source: Literal["model", "categories"] = Field(
         default="model", description="n_1 sampled by the ordering model, or drawn among table categories no positive names"
     )
+    level1_pair: Literal["drawn", "margin"] = Field(
+        default="drawn",
+        description="p_1 as the abstract stage drew it, or re-chosen beside a drawn n_1 among the table categories "
+        "of p_2's head when its RE margin is not positive: the one the encoder best separates",
+    )
     known_word_levels: int = Field(
         default=0, ge=0, le=4, description="levels 1..N: every word known to the scorer's vocabulary, the positives or the table"
     )
@@ -137,6 +142,12 @@ class NegativesConfig(Strict):
         default="transformers", description="what samples the ordering model: vllm serves decoder-only models only"
     )
     kv_cache_gib: int = Field(default=1, ge=1, description="vllm engine on CPU: KV-cache size")
+
+    @model_validator(mode="after")
+    def _pair_needs_drawn_n1(self) -> NegativesConfig:
+        if self.level1_pair == "margin" and self.level1_source != "categories":
+            raise ValueError("negatives.level1_pair re-chooses p_1 beside a drawn n_1: it needs level1_source: categories")
+        return self
 
 
 class FilterConfig(Strict):

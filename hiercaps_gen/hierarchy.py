@@ -280,6 +280,16 @@ def repair_level1(levels: tuple[str, ...]) -> tuple[str, ...]:
     return levels if category is None else (category, *levels[1:])  # "person" ⊏ "people"
 
 
+def level1_options(level1: str, level2: str) -> list[str]:
+    """Every table category of level 2's head that could stand as level 1 (sorted), when level 1 is
+    itself one of them; [] when it is not (a head-noun level 1, "bear" for "brown bear", is the
+    LLM's own and stays)."""
+    found = hypernyms.lookup(_content(level2))
+    if found is None or level1.lower() not in found[1]:
+        return []
+    return sorted(c for c in found[1] if level1_problem(c, level2) is None)
+
+
 def draw_level1(levels: tuple[str, ...], seed: int) -> tuple[str, ...]:
     """Levels with a table-category level 1 redrawn (seeded) among every category of level 2's head,
     each weighted by its specificity (1 / the members it covers).
@@ -292,10 +302,7 @@ def draw_level1(levels: tuple[str, ...], seed: int) -> tuple[str, ...]:
     the kinds (docs/decisions.md, measured). True by construction, as the repair; a head-noun
     level 1 ("bear" for "brown bear") is the LLM's and kept.
     """
-    found = hypernyms.lookup(_content(levels[1]))
-    if found is None or levels[0].lower() not in found[1]:
-        return levels
-    options = sorted(c for c in found[1] if level1_problem(c, levels[1]) is None)
+    options = level1_options(levels[0], levels[1])
     if not options:
         return levels
     sizes = hypernyms.category_sizes()

@@ -31,6 +31,9 @@ def test_unknown_keys_and_bad_values_are_clear_errors(tmp_path: Path):
     bad.write_text("release: {name: ../../etc}\n")
     with pytest.raises(ConfigError, match="release.name"):
         load_config(bad)
+    bad.write_text("negatives: {level1_pair: margin}\n")  # p_1 beside n_1 needs n_1 drawn from the table
+    with pytest.raises(ConfigError, match="level1_source: categories"):
+        load_config(bad)
     bad.write_text("seed: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)

@@ -9,14 +9,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from hiercaps_gen import hypernyms
 from hiercaps_gen.encoders import get_embedder
+from hiercaps_gen.geometry import exterior_angle
 from hiercaps_gen.ordering.tasks import down_source
 from hiercaps_gen.stages.negatives import NegativesStage, _seed
 from hiercaps_gen.ordering.model import torch_threads
 from hiercaps_gen.stages.base import read_stage_rows
-from hiercaps_gen.hierarchy import dedup_key, words
+from hiercaps_gen.hierarchy import dedup_key, level1_options, words
 
 from .test_ordering_data import hierarchy_rows, tiny_config, trained_run, write_abstract
 
@@ -188,3 +190,54 @@ def test_short_negatives_with_a_word_nobody_knows_are_refused(tmp_path: Path) ->
     assert stage.lexical_problem("brown horse", 1, POSITIVE) is None
     assert stage.is_known("trotting") and stage.lexical_problem("horse trotting", 1, POSITIVE) is None  # a positive's word
     assert NegativesStage(tiny_config(), run_dir).lexical_problem("roadassistant", 1, POSITIVE) is None  # off by default
+
+
+def _level1_margins(options: list[str], level2: str, negative: str) -> dict[str, float]:
+    """Ξ(o, n_1) − Ξ(o, p_2) for each option o, computed here from the geometry module."""
+    embedder = get_embedder("embedded:minilm", "cpu")
+    with torch_threads(1):
+        vectors = torch.from_numpy(np.asarray(embedder.encode([*options, level2, negative])))
+        root = torch.from_numpy(np.asarray(embedder.root()))
+    margins = exterior_angle(vectors[:-2], vectors[-1], root) - exterior_angle(vectors[:-2], vectors[-2], root)
+    return dict(zip(options, margins.tolist()))
+
+
+def test_level1_pair_rechooses_p1_only_where_its_margin_is_not_positive(tmp_path: Path) -> None:
+    """`level1_pair: margin`: a drawn p_1 the encoder does not see as containing p_2 beside n_1
+    (margin ≤ 0) becomes the table option with the highest margin; a positive margin, a head-noun
+    p_1 with no options, or an n_1 no option would make valid, leaves the row as it was."""
+    caption = "A small white dog asleep on a grey couch."
+    dog = ["dog", "a dog on a couch", caption]
+    rows = [{"id": "low", "positive": ["organism", *dog]},
+            {"id": "stuck", "positive": ["organism", *dog]},
+            {"id": "high", "positive": ["pet", *dog]},
+            {"id": "head", "positive": ["bear", "brown bear", "a brown bear in a river", "A brown bear in a river."]}]
+    chosen = {(0, 0): "food", (1, 0): "canine", (2, 0): "food", (3, 0): "food"}
+    options = level1_options("organism", "dog")
+    margins, stuck = _level1_margins(options, "dog", "food"), _level1_margins(options, "dog", "canine")
+    assert margins["organism"] <= 0 < margins["pet"] and stuck["organism"] <= 0  # the premise
+    stage = NegativesStage(tiny_config(**{"negatives.level1_source": "categories", "negatives.level1_pair": "margin"}), tmp_path)
+    # "canine" is near p_2 "dog" whatever p_1 is: no option makes it a valid n_1
+    assert all(stage.candidate_problem("canine", 0, _sims(["canine"])[0], [o, *dog]) for o in options)
+    with torch_threads(1):
+        out, changed = stage.rechoose_level1(rows, chosen)
+    assert out[0]["positive"] == [max(options, key=margins.get), *dog] and margins[out[0]["positive"][0]] > 0
+    assert out[1] is rows[1] and out[2] is rows[2] and out[3] is rows[3] and changed == 1
+    assert rows[0]["positive"][0] == "organism"  # the input rows are not changed in place
+
+
+def test_level1_pair_in_the_stage_keeps_p1_among_the_table_options(tmp_path: Path) -> None:
+    """The stage with `level1_pair: margin`: every released p_1 is the drawn one or another table
+    option of p_2's head, n_1 is still no positive, and the re-chosen rows are counted."""
+    run_dir = _copy(tmp_path, rows=12)
+    # "organism": true of every animal, and often not seen by MiniLM as containing it
+    rows = {r["id"]: {**r, "positive": ["organism", *r["positive"][1:]]} for r in hierarchy_rows(12)}
+    config = tiny_config(**{"negatives.level1_source": "categories", "negatives.level1_pair": "margin"})
+    with torch_threads(1):
+        out = NegativesStage(config, run_dir).process(list(rows.values()), "shard-x")
+    assert out.rows and "level1_rechosen" in out.stats
+    moved = [r for r in out.rows if r["positive"][0] != rows[r["id"]]["positive"][0]]
+    assert 0 < len(moved) == out.stats["level1_rechosen"]
+    for row in moved:
+        assert row["positive"][0] in level1_options(*rows[row["id"]]["positive"][:2])
+        assert row["positive"][1:] == rows[row["id"]]["positive"][1:] and row["negative"][0] != row["positive"][0]
