@@ -78,7 +78,10 @@ def test_abstract_stage_on_vllm_with_structured_outputs_and_prefix_caching(tmp_p
 def test_seeded_sampling_of_a_batch_larger_than_one_step_is_reproducible(smollm2_vllm):
     """Retries sample with per-request seeds; a batch whose prompts exceed one step's token budget
     used to be prefilled in chunks, after which vLLM rewinds the seeded CPU generator and the
-    engine dies ("CPU Generator does not use offset"). Whole-prompt steps make it run, twice alike."""
+    engine dies ("CPU Generator does not use offset"). Whole-prompt steps make it run, twice alike —
+    nearly: the bf16 logits move with the batch's step composition, and a sample whose draw lands
+    on a near-tie can flip (2 of 48 did, in reversed order on a loaded machine; docs/vllm.md). A
+    generator shared by the batch would change almost every sample when the order is reversed."""
     template = load_prompt("abstract_v1")
     def messages(i: int, caption: str):  # a different first line: no prefix cache hit shortens a prompt
         (role, system), *rest = template.messages(caption)
@@ -90,7 +93,8 @@ def test_seeded_sampling_of_a_batch_larger_than_one_step_is_reproducible(smollm2
     assert sum(len(ids) for ids in smollm2_vllm.prompt_ids(requests)) > budget  # more than one step's prompts
     first = [g.text for g in smollm2_vllm.generate(requests)]
     second = [g.text for g in smollm2_vllm.generate(list(reversed(requests)))][::-1]
-    assert first == second and len(set(first)) > len(first) // 2  # seeded per request, not one draw for all
+    same = sum(a == b for a, b in zip(first, second))
+    assert same >= 0.9 * len(first) and len(set(first)) > len(first) // 2  # seeded per request, not one draw for all
 
 
 def _bos_model(directory: Path) -> tuple[Path, int]:
