@@ -197,9 +197,10 @@ class NegativesStage(ShardStage):
             current = margins[opts.index(positive[0].lower())] if positive[0].lower() in opts else -np.inf
             if current > 0:
                 continue
-            fits = [(m, o) for m, o in zip(margins, opts) if m > current and self.candidate_problem(
-                negative, 0, np.array([float(vector[negative] @ vector[p]) for p in [o, *positive[1:]]]), [o, *positive[1:]]
-            ) is None]
+            to_options = (candidates @ vector[negative]).tolist()  # n_1's cosine to each option, then to p_2..p_4
+            below = [float(vector[negative] @ vector[p]) for p in positive[1:]]
+            fits = [(m, o) for m, o, cos in zip(margins, opts, to_options)
+                    if m > current and self.candidate_problem(negative, 0, np.array([cos, *below]), [o, *positive[1:]]) is None]
             if fits:
                 out[i] = {**rows[i], "positive": [max(fits)[1], *positive[1:]]}
                 changed += 1
