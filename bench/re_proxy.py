@@ -5,7 +5,8 @@ Four arms, each MiniLM (`embedded:minilm`) RE-fine-tuned by the product's own fi
 rows (same N, seed, batch size and epochs), then scored by evaluate's `d_corr` on one held-out
 set of reference positive chains whose images no training arm uses:
   release     N rows of a release's train split (`--release DIR`) or a run's filter output (`--run-dir`)
-  reference   N rows of the authors' reference CSV (images outside the held-out set)
+  reference   N rows of the authors' reference CSV: the first of a seeded order over all its rows
+              whose images are outside the held-out set
   truncation  no LLM: positive = last word / first two words / first six words / caption of the
               release arm's captions, negative = the same construction from another random
               caption of the arm (with `--reference-only`: the reference arm's captions)
@@ -118,6 +119,20 @@ def held_out(reference: list[Row], exclude: set[str], test_rows: int, seed: int)
     return rows[:test_rows], chosen
 
 
+def reference_draw(reference: list[Row], exclude: set[str], n: int, seed: int) -> list[Row]:
+    """`n` reference rows of images outside `exclude`, first in a seeded order over all the rows.
+
+    Like `held_out`, the order does not depend on `exclude`: two releases whose held-out sets
+    differ by a few images train the reference arm on nearly the same rows (sampling from what was
+    left after the held-out set moved this arm by ~0.006 between releases of the same code)."""
+    order = list(reference)
+    random.Random(f"reference:{seed}").shuffle(order)
+    rows = [r for r in order if r["image"] not in exclude][:n]
+    if len(rows) < n:
+        raise ValueError(f"the reference has {len(rows)} rows outside the held-out images, {n} asked")
+    return rows
+
+
 def train_and_score(rows: list[Row], chains: list[list[str]], seed: int, epochs: int, batch_size: int,
                     work: Path) -> dict[str, float]:
     """Fine-tune MiniLM on `rows` with the product's finetune stage; d_corr on `chains`."""
@@ -144,14 +159,13 @@ def re_proxy(run: list[Row], reference: list[Row], n: int, seeds: int, seed: int
     """Every arm over `seeds` draws; the held-out set is fixed by `seed` and excludes the run's images."""
     n = min([n] + ([len(run)] if run else []))
     test, test_images = held_out(reference, {r["image"] for r in run}, test_rows, seed)
-    pool = [r for r in reference if r["image"] not in test_images]
     chains = [r["positive"] for r in test]
     zero_shot = d_corr(load_encoder(ENCODER, device="cpu"), chains)
     arms: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="re-proxy-") as tmp:
         for draw in range(seeds):
             s = seed + draw
-            ref_sample = random.Random(f"reference:{s}").sample(pool, n)
+            ref_sample = reference_draw(reference, test_images, n, s)
             draws = {"reference": ref_sample}
             if run:
                 draws["release"] = random.Random(f"release:{s}").sample(run, n)

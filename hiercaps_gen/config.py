@@ -60,6 +60,10 @@ class LLMConfig(Strict):
     kv_cache_gib: int = Field(default=1, ge=1, description="vllm on CPU: KV-cache size (vLLM's own default is ~80 % of RAM)")
     compile: bool = Field(default=False, description="vllm: torch.compile + graphs instead of eager mode")
     max_model_len: int | None = Field(default=None, ge=16, description="vllm: context length (None: the model's)")
+    reproducible: bool = Field(
+        default=False, description="vllm: the same engine steps every run (engine core in-process, grammars "
+        "compiled when a request is added); for an unshared machine, one engine per process (docs/vllm.md)"
+    )
 
 
 class AbstractConfig(Strict):
@@ -142,6 +146,7 @@ class NegativesConfig(Strict):
         default="transformers", description="what samples the ordering model: vllm serves decoder-only models only"
     )
     kv_cache_gib: int = Field(default=1, ge=1, description="vllm engine on CPU: KV-cache size")
+    reproducible: bool = Field(default=False, description="vllm engine: as `llm.reproducible` (docs/vllm.md)")
 
     @model_validator(mode="after")
     def _pair_needs_drawn_n1(self) -> NegativesConfig:

@@ -105,3 +105,11 @@ def test_negatives_stage_on_vllm_one_engine_every_row_counted_and_reproducible(
     starts = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(starts) == 2 and len({s["pid"] for s in starts}) == 1  # one engine per stage run, not per shard
     assert outputs[0] == outputs[1]  # same seed, same negatives (and the same rejects)
+
+
+def test_negatives_reproducible_reaches_the_ordering_engine(causal_run: Path) -> None:
+    """`negatives.reproducible` is the ordering engine's `llm.reproducible` (docs/vllm.md); the
+    engine itself starts on first use, so none is built here."""
+    for reproducible in (False, True):
+        config = tiny_config(**VLLM, **{"negatives.reproducible": reproducible})
+        assert NegativesStage(config, causal_run).model.llm_config.reproducible is reproducible

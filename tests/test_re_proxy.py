@@ -1,4 +1,4 @@
-"""The RE proxy bench's pure parts: the no-LLM truncation baseline and the held-out draw."""
+"""The RE proxy bench's pure parts: the no-LLM truncation baseline, the held-out and reference draws."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.re_proxy import held_out, truncation_levels, truncation_rows
+from bench.re_proxy import held_out, reference_draw, truncation_levels, truncation_rows
 from hiercaps_gen.hierarchy import is_hierarchy
 
 SHIPPED = Path(__file__).resolve().parents[1] / "data/coco_val2014_sample/captions.json"
@@ -59,3 +59,15 @@ def test_held_out_set_moves_only_by_the_images_a_release_adds():
     assert other == base  # excluding images it never held leaves the held-out set as it was
     _, fewer = held_out(reference, exclude={sorted(base)[0]}, test_rows=100, seed=0)
     assert len(fewer & base) == len(base) - 1  # excluding one of its images swaps that one only
+
+
+def test_reference_draw_moves_only_by_the_held_out_images():
+    reference = [{"id": f"r{i}", "image": f"img{i // 4}.jpg", "positive": [], "negative": []} for i in range(400)]
+    base = reference_draw(reference, exclude=set(), n=50, seed=0)
+    assert len(base) == 50 and base == reference_draw(reference, set(), 50, 0)
+    assert base != reference_draw(reference, set(), 50, 1)
+    dropped = {base[0]["image"], base[1]["image"]}
+    moved = reference_draw(reference, exclude=dropped, n=50, seed=0)
+    assert not {r["image"] for r in moved} & dropped
+    kept = [r for r in base if r["image"] not in dropped]
+    assert moved[:len(kept)] == kept  # the rest of the draw keeps its rows and their order

@@ -25,6 +25,7 @@ from hiercaps_gen.llm.identity import model_identity
 # Where each engine start appends one JSON line (pid, host, model, seconds): how operators and
 # tests tell that a worker loaded one engine, not one per shard.
 ENGINE_LOG_ENV = "HIERCAPS_ENGINE_LOG"
+IN_PROCESS_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
 
 
 def sampling_spec(request: GenerationRequest) -> dict[str, Any]:
@@ -111,9 +112,45 @@ def build_llm(llm: LLMConfig, model_dir: str | None = None) -> Any:
     for key, value in env.items():
         os.environ.setdefault(key, value)  # a value set by the user wins
     start = time.perf_counter()
-    engine = vllm.LLM(**args)
+    if llm.reproducible:
+        engine = in_process_llm(vllm, args)
+        compile_grammars_in_line(engine)
+    else:
+        engine = vllm.LLM(**args)
     record_engine_start(model_dir, time.perf_counter() - start)
     return engine
+
+
+def in_process_llm(vllm: Any, args: dict[str, Any]) -> Any:
+    """A `vllm.LLM` whose engine core runs in this process: every request of a `generate` call is
+    queued before the first step (a child-process core starts stepping while requests still arrive,
+    so which prompts share a step, and the kernels' reduction order, depend on timing). The switch
+    is vLLM's environment variable, set only while this engine is built."""
+    previous = os.environ.get(IN_PROCESS_ENV)
+    os.environ[IN_PROCESS_ENV] = "0"
+    try:
+        return vllm.LLM(**args)
+    finally:
+        if previous is None:
+            os.environ.pop(IN_PROCESS_ENV)
+        else:
+            os.environ[IN_PROCESS_ENV] = previous
+
+
+def compile_grammars_in_line(engine: Any) -> None:
+    """Compile each request's structured-output grammar when it is added, not in a thread pool.
+
+    vLLM compiles grammars in the background and schedules a request once its grammar is ready, so
+    the first steps' batches depend on compile timing. vLLM turns this off only for its
+    `external_launcher` mode (same reason: identical schedules); there is no public switch, so this
+    sets the manager's flag on an in-process engine and fails loudly if vLLM renamed it.
+    """
+    core = getattr(engine.llm_engine.engine_core, "engine_core", None)
+    manager = getattr(core, "structured_output_manager", None)
+    if manager is None or not hasattr(manager, "_use_async_grammar_compilation"):
+        raise RuntimeError("reproducible vLLM needs an in-process engine core whose StructuredOutputManager "
+                           "has _use_async_grammar_compilation (vLLM 0.32); set llm.reproducible: false")
+    manager._use_async_grammar_compilation = False
 
 
 def record_engine_start(model_dir: str, seconds: float) -> None:

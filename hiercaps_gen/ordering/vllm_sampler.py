@@ -40,12 +40,13 @@ class OrderingEngine:
 
 
 def engine_config(model_dir: Path, max_source_len: int, max_target_len: int, *, device: str = "auto",
-                  max_seqs: int = 256, kv_cache_gib: int = 1, threads: int | None = None) -> LLMConfig:
+                  max_seqs: int = 256, kv_cache_gib: int = 1, threads: int | None = None,
+                  reproducible: bool = False) -> LLMConfig:
     """The vLLM settings of an ordering engine: a context just long enough for a prompt and its
     continuation (a smaller KV cache per sequence, so more sequences run at once)."""
     return LLMConfig(backend="vllm", model=str(model_dir), device=device, batch_size=min(max_seqs, 1024),
                      max_new_tokens=max_target_len, kv_cache_gib=kv_cache_gib, threads=threads,
-                     max_model_len=max_source_len + max_target_len + 8)
+                     max_model_len=max_source_len + max_target_len + 8, reproducible=reproducible)
 
 
 @dataclass
@@ -59,7 +60,7 @@ class VLLMOrderingModel:
 
     @classmethod
     def from_run(cls, run_dir: Path, *, device: str = "auto", max_seqs: int = 256, kv_cache_gib: int = 1,
-                 threads: int | None = None) -> VLLMOrderingModel:
+                 threads: int | None = None, reproducible: bool = False) -> VLLMOrderingModel:
         """The run's trained ordering model (the engine starts on first use)."""
         from hiercaps_gen.ordering.generate import TRAIN_STAGE, model_dir
         from hiercaps_gen.stages.base import load_manifest
@@ -72,7 +73,7 @@ class VLLMOrderingModel:
                              "ordering models only; set `negatives.engine: transformers`")
         source, target = manifest["config"]["max_source_len"], manifest["config"]["max_target_len"]
         llm = engine_config(directory, source, target, device=device, max_seqs=max_seqs,
-                            kv_cache_gib=kv_cache_gib, threads=threads)
+                            kv_cache_gib=kv_cache_gib, threads=threads, reproducible=reproducible)
         return cls(llm, manifest["model_hash"], source, target)
 
     @property

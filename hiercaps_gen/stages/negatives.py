@@ -88,7 +88,8 @@ class NegativesStage(ShardStage):
         cfg, ordering = self.config.negatives, self.config.ordering
         if cfg.engine == "vllm":
             return VLLMOrderingModel.from_run(self.run_dir, device=ordering.device, kv_cache_gib=cfg.kv_cache_gib,
-                                              max_seqs=cfg.batch_size * cfg.candidates, threads=ordering.threads)
+                                              max_seqs=cfg.batch_size * cfg.candidates, threads=ordering.threads,
+                                              reproducible=cfg.reproducible)
         return OrderingModel.from_run(self.run_dir, ordering.device)
 
     def close(self) -> None:
