@@ -245,12 +245,37 @@ def category_names() -> frozenset[str]:
     return frozenset(CATEGORIES) | frozenset(KINDS) | frozenset(w for terms in wider for w in terms)
 
 
+# Words after which a noun phrase's head has been named: "a person sitting *on* a bench".
+POSTMODIFIERS = frozenset({"on", "in", "at", "with", "near", "by", "under", "over", "behind", "beside", "next",
+                           "inside", "outside", "from", "into", "onto", "through", "across", "along", "around",
+                           "against", "above", "below", "beneath", "for", "to", "toward", "towards", "while",
+                           "during", "between", "that", "who", "which"})
+
+
 def lookup(word_list: list[str]) -> tuple[str, frozenset[str]] | None:
     """The head of a noun phrase (lower-case words) that the table knows, with its categories.
 
-    The last two words first ("teddy bear", not "bear"), then single words from the last one
-    back ("group of people" → people; "man riding" → man): English noun phrases end in their head.
+    Looked for first in the words before the phrase's post-modifier — a preposition or relative
+    pronoun, or a participle with an object that follows a known noun — so "a person sitting on a
+    bench" and "woman eating food" are about a person and a woman, not a bench or food (the last
+    known noun was taken: a negative true of the image slipped past `relation`); then in the
+    whole phrase.
     """
+    return _head(_before_postmodifier(word_list)) or _head(word_list)
+
+
+def _before_postmodifier(word_list: list[str]) -> list[str]:
+    """The words before the first post-modifier; an -ing word counts only when a known noun comes
+    before it and words after it ("man riding a horse", but "horse riding", "kitchen ceiling")."""
+    for i, word in enumerate(word_list[1:], start=1):
+        if word in POSTMODIFIERS or (word.endswith("ing") and i < len(word_list) - 1 and _head(word_list[:i])):
+            return word_list[:i]
+    return word_list
+
+
+def _head(word_list: list[str]) -> tuple[str, frozenset[str]] | None:
+    """The last two words first ("teddy bear", not "bear"), then single words from the last one
+    back ("group of people" → people; "man riding" → man): English noun phrases end in their head."""
     known = table()
     if len(word_list) >= 2:
         for last in forms(word_list[-1]):

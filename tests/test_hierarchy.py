@@ -93,6 +93,19 @@ def test_lookup_finds_the_head_two_word_members_first_and_plurals() -> None:
     assert lookup(["brown", "bear"])[0] == "bear" and "animal" in lookup(["brown", "bear"])[1]
     assert lookup(["man", "riding"])[0] == "man"
     assert lookup(["flux", "capacitor"]) is None
+
+
+def test_lookup_stops_at_the_post_modifier() -> None:
+    """The head is named before a preposition or a participle with an object, not at the last noun."""
+    assert lookup("a person sitting on a bench".split())[0] == "person"
+    assert lookup("woman eating food".split())[0] == "woman"
+    assert lookup("man riding a horse".split())[0] == "man"
+    assert lookup("a building with a clock".split())[0] == "building"  # -ing noun with no noun before it
+    assert lookup("group of people".split())[0] == "people"  # "of" does not end the head
+    assert lookup("church building".split())[0] == "building"  # a last -ing word is no participle
+    assert lookup("a blue sky over xyzzy".split())[0] == "sky"
+    assert lookup("xyzzy on a bench".split())[0] == "bench"  # nothing known before it: the whole phrase
+    assert relation("a person sitting on a bench".split(), ["man"]) == "above"  # refused as n_2 of "man"
     assert [singular(w) for w in ("buses", "knives", "giraffes", "puppies", "women", "skis", "glass")] == \
         ["bus", "knife", "giraffe", "puppy", "woman", "ski", "glass"]
 
