@@ -261,7 +261,8 @@ def lookup(word_list: list[str]) -> tuple[str, frozenset[str]] | None:
     known noun was taken: a negative true of the image slipped past `relation`); then in the
     whole phrase.
     """
-    return _head(_before_postmodifier(word_list)) or _head(word_list)
+    before = _before_postmodifier(word_list)
+    return _head(before) or (_head(word_list) if len(before) < len(word_list) else None)
 
 
 def _before_postmodifier(word_list: list[str]) -> list[str]:
