@@ -141,6 +141,11 @@ class NegativesConfig(Strict):
         default=3, ge=1, le=5,
         description="levels below it keep their first valid sample; from it on, the most likely valid sample",
     )
+    min_words_share: float = Field(
+        default=0.0, ge=0.0, le=2.0,
+        description="from rank_from_level on, a valid sample with fewer words than this share of p_k's ranks after "
+        "the longer ones (a sibling is about as specific as p_k); 0: most likely first",
+    )
     batch_size: int = Field(default=64, ge=1, description="prompts per generate call")
     engine: Literal["transformers", "vllm"] = Field(
         default="transformers", description="what samples the ordering model: vllm serves decoder-only models only"

@@ -127,12 +127,14 @@ def test_a_retrained_model_redoes_the_shards(tmp_path: Path) -> None:
     assert NegativesStage(tiny_config(), run_dir).fingerprint() != before
 
 
-def test_low_levels_keep_the_first_valid_sample_higher_levels_the_most_likely(tmp_path: Path) -> None:
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_low_levels_keep_the_first_valid_sample_higher_levels_the_most_likely(tmp_path: Path, share: float) -> None:
     """The choice among one round's samples, replayed from the same seed: levels below
     `rank_from_level` take the first valid sample (a draw, not the mode), the others the valid
-    sample with the highest mean log-probability."""
+    sample with the highest mean log-probability — with `min_words_share`, among those with at
+    least that share of p_k's words when there are any."""
     run_dir = _copy(tmp_path, rows=12)
-    config = tiny_config(**{"negatives.rounds": 1, "negatives.rank_from_level": 3})
+    config = tiny_config(**{"negatives.rounds": 1, "negatives.rank_from_level": 3, "negatives.min_words_share": share})
     stage = NegativesStage(config, run_dir)
     rows = hierarchy_rows(12)
     with torch_threads(1):
@@ -144,7 +146,7 @@ def test_low_levels_keep_the_first_valid_sample_higher_levels_the_most_likely(tm
                                      seed=_seed(config.seed, "shard-x", 0, 0))
         embedder = get_embedder("embedded:minilm", "cpu")
         chosen = {r["id"]: r["negative"] for r in out.rows}
-        differs = 0
+        differs = {"first": 0, "length": 0}
         for (i, k), outs in zip(keys, samples):
             if rows[i]["id"] not in chosen:
                 continue
@@ -152,10 +154,14 @@ def test_low_levels_keep_the_first_valid_sample_higher_levels_the_most_likely(tm
             sims = embedder.encode([t for t, _ in outs]) @ embedder.encode(positive).T
             valid = [(score, text) for (text, score), s in zip(outs, sims)
                      if stage.candidate_problem(text, k, s, positive) is None]
+            long_enough = [pair for pair in valid if len(words(pair[1])) >= share * len(words(positive[k]))]
             first, likeliest = valid[0][1], max(valid, key=lambda pair: pair[0])[1]
-            assert chosen[rows[i]["id"]][k] == (first if k + 1 < 3 else likeliest)
-            differs += k + 1 < 3 and first != likeliest
-    assert differs > 0  # the two rules disagree somewhere at levels 1-2: the test tells them apart
+            ranked = max(long_enough or valid, key=lambda pair: pair[0])[1]
+            assert chosen[rows[i]["id"]][k] == (first if k + 1 < 3 else ranked)
+            differs["first"] += k + 1 < 3 and first != likeliest
+            differs["length"] += k + 1 >= 3 and ranked != likeliest
+    assert differs["first"] > 0  # the two rules disagree somewhere at levels 1-2: the test tells them apart
+    assert (differs["length"] > 0) == (share > 0)  # the length preference changes some pick at levels 3-4
 
 
 def test_level1_from_categories_is_a_seeded_sibling_no_positive_names(tmp_path: Path) -> None:
@@ -176,6 +182,19 @@ def test_level1_from_categories_is_a_seeded_sibling_no_positive_names(tmp_path: 
         firsts.setdefault(seed, []).append({r["id"]: r["negative"][0] for r in out.rows})
     assert firsts[0][0] == firsts[0][1] and firsts[0][0] != firsts[1][0]
     assert len(set(firsts[0][0].values())) > 1  # a draw per row, not one category for all
+
+
+def test_level1_categories_no_wordier_than_p1_come_first(tmp_path: Path) -> None:
+    """The seeded order of n_1 candidates tries categories no wordier than p_1 before the others,
+    and keeps every lexically valid absent category (a preference, not a filter)."""
+    stage = NegativesStage(tiny_config(**{"negatives.level1_source": "categories"}), _copy(tmp_path, rows=12))
+    for row in hierarchy_rows(12):
+        options = stage.level1_categories(row)
+        named = {p.lower() for p in row["positive"]}
+        absent = hypernyms.absent_categories([w for p in row["positive"] for w in words(p)], named)
+        assert sorted(options) == sorted(c for c in absent if stage.lexical_problem(c, 0, row["positive"]) is None)
+        longer = [len(words(c)) > len(words(row["positive"][0])) for c in options]
+        assert 0 < sum(longer) < len(options) and longer == sorted(longer), row["positive"][0]
 
 
 def test_short_negatives_with_a_word_nobody_knows_are_refused(tmp_path: Path) -> None:

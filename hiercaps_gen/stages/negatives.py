@@ -10,7 +10,8 @@ first valid sample is kept, so n_k is a draw from the model's distribution restr
 siblings, as in the paper; taking the most likely of a few samples there collapsed onto the mode
 ("person" as n_1 of half the rows). From `rank_from_level` on (phrases and sentences) the valid
 sample the model finds most likely (mean token log-probability) is kept: fluent text wins over the
-word salad a small model also samples.
+word salad a small model also samples; with `min_words_share` a sample shorter than that share of
+p_k's words is kept only when no longer one is valid (a sibling is about as specific as p_k).
 With `level1_source: categories` (the CPU default) n_1 is not sampled: it is drawn among the
 hypernym table's categories that no positive level names, which a small model's n_1 ("person",
 "roadassistant") often is not; measured in docs/decisions.md. With `known_word_levels: 2` (the
@@ -162,13 +163,16 @@ class NegativesStage(ShardStage):
         """Candidates for n_1 when `level1_source: categories`: the hypernym table's categories that
         no word of p_1..p_4 names (siblings of p_1 not true of the image, as far as the table
         knows), lexically valid, in a seeded order: the first to pass the similarity checks is a
-        uniform draw among valid siblings, as the model's first valid sample is at levels 2+."""
+        uniform draw among valid siblings, as the model's first valid sample is at levels 2+ —
+        among those no wordier than p_1 first: a sibling is about as specific as p_k, and drawn
+        over all the table's categories and kinds ("sports equipment", "hoofed mammal") n_1 had
+        ~20 % more words than the reference's (docs/decisions.md, stop 23)."""
         positive = row["positive"]
         named = {p.lower() for p in positive}
         words = [w for p in positive for w in hierarchy.words(p)]
         options = [c for c in hypernyms.absent_categories(words, named) if self.lexical_problem(c, 0, positive) is None]
         random.Random(_seed(self.config.seed, row["id"], "level1")).shuffle(options)
-        return options
+        return sorted(options, key=lambda c: word_count(c) > word_count(positive[0]))
 
     def rechoose_level1(self, rows: list[dict[str, Any]], chosen: dict[tuple[int, int], str]) -> tuple[list[dict[str, Any]], int]:
         """Rows with p_1 re-chosen beside their drawn n_1 where the pair teaches the wrong order, and
@@ -206,6 +210,14 @@ class NegativesStage(ShardStage):
                 out[i] = {**rows[i], "positive": [max(fits)[1], *positive[1:]]}
                 changed += 1
         return out, changed
+
+    def ranked(self, samples: list[tuple[float, str]], positive: str) -> list[tuple[float, str]]:
+        """(score, text) samples in the order a ranked level tries them: the most likely first, and
+        with `min_words_share` those shorter than that share of p_k's words after the rest: the
+        most likely sample is often a short one, and n_3 came out 12-20 % shorter than the
+        reference's (docs/decisions.md, stop 23). Stable: ties keep sample order."""
+        short = self.config.negatives.min_words_share * word_count(positive)
+        return sorted(samples, key=lambda pair: (word_count(pair[1]) < short, -pair[0]))
 
     def process(self, rows: list[dict[str, Any]], shard: str) -> ShardOutput:
         with torch_threads(self.config.ordering.threads):
@@ -252,7 +264,7 @@ class NegativesStage(ShardStage):
                         else:
                             problems[(i, k)][problem] += 1
                     if k + 1 >= cfg.rank_from_level:
-                        ok.sort(key=lambda pair: -pair[0])  # stable: ties keep sample order
+                        ok = self.ranked(ok, valid[i]["positive"][k])
                     queues[(i, k)] = [text for _, text in ok]
                 self._pick_by_similarity(batch, valid, queues, chosen, problems)
         accepted, model_hash = [], self.model.model_hash
