@@ -18,7 +18,7 @@ from hiercaps_gen.ordering.tasks import down_source
 from hiercaps_gen.stages.negatives import NegativesStage, _seed
 from hiercaps_gen.ordering.model import torch_threads
 from hiercaps_gen.stages.base import read_stage_rows
-from hiercaps_gen.hierarchy import dedup_key, level1_options, words
+from hiercaps_gen.hierarchy import dedup_key, level1_options, word_count, words
 
 from .test_ordering_data import hierarchy_rows, tiny_config, trained_run, write_abstract
 
@@ -154,7 +154,7 @@ def test_low_levels_keep_the_first_valid_sample_higher_levels_the_most_likely(tm
             sims = embedder.encode([t for t, _ in outs]) @ embedder.encode(positive).T
             valid = [(score, text) for (text, score), s in zip(outs, sims)
                      if stage.candidate_problem(text, k, s, positive) is None]
-            long_enough = [pair for pair in valid if len(words(pair[1])) >= share * len(words(positive[k]))]
+            long_enough = [pair for pair in valid if word_count(pair[1]) >= share * word_count(positive[k])]
             first, likeliest = valid[0][1], max(valid, key=lambda pair: pair[0])[1]
             ranked = max(long_enough or valid, key=lambda pair: pair[0])[1]
             assert chosen[rows[i]["id"]][k] == (first if k + 1 < 3 else ranked)
@@ -193,7 +193,7 @@ def test_level1_categories_no_wordier_than_p1_come_first(tmp_path: Path) -> None
         named = {p.lower() for p in row["positive"]}
         absent = hypernyms.absent_categories([w for p in row["positive"] for w in words(p)], named)
         assert sorted(options) == sorted(c for c in absent if stage.lexical_problem(c, 0, row["positive"]) is None)
-        longer = [len(words(c)) > len(words(row["positive"][0])) for c in options]
+        longer = [word_count(c) > word_count(row["positive"][0]) for c in options]
         assert 0 < sum(longer) < len(options) and longer == sorted(longer), row["positive"][0]
 
 

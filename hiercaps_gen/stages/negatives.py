@@ -164,7 +164,7 @@ class NegativesStage(ShardStage):
         no word of p_1..p_4 names (siblings of p_1 not true of the image, as far as the table
         knows), lexically valid, in a seeded order: the first to pass the similarity checks is a
         uniform draw among valid siblings, as the model's first valid sample is at levels 2+ —
-        among those no wordier than p_1 first: a sibling is about as specific as p_k, and drawn
+        among those no wordier than p_1 first: a sibling is about as specific as p_1, and drawn
         over all the table's categories and kinds ("sports equipment", "hoofed mammal") n_1 had
         ~20 % more words than the reference's (docs/decisions.md, stop 23)."""
         positive = row["positive"]
@@ -213,9 +213,10 @@ class NegativesStage(ShardStage):
 
     def ranked(self, samples: list[tuple[float, str]], positive: str) -> list[tuple[float, str]]:
         """(score, text) samples in the order a ranked level tries them: the most likely first, and
-        with `min_words_share` those shorter than that share of p_k's words after the rest: the
-        most likely sample is often a short one, and n_3 came out 12-20 % shorter than the
-        reference's (docs/decisions.md, stop 23). Stable: ties keep sample order."""
+        with `min_words_share` those shorter than that share of p_k's words after the rest (the
+        most likely sample is often a short one; at 1.0 n_3 matched the reference's length but the
+        RE proxy fell 0.010, so no profile sets it: docs/decisions.md, stop 23). Stable: ties keep
+        sample order."""
         short = self.config.negatives.min_words_share * word_count(positive)
         return sorted(samples, key=lambda pair: (word_count(pair[1]) < short, -pair[0]))
 
