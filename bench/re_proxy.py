@@ -3,7 +3,9 @@ the authors' rows and with no LLM at all?
 
 Four arms, each MiniLM (`embedded:minilm`) RE-fine-tuned by the product's own finetune stage on N
 rows (same N, seed, batch size and epochs), then scored by evaluate's `d_corr` on one held-out
-set of reference positive chains whose images no training arm uses:
+set of reference positive chains whose images no training arm uses and no run of the shipped
+sample can use (every image of `data/coco_val2014_sample` is left out, so releases of the sample
+are all scored on the same chains):
   release     N rows of a release's train split (`--release DIR`) or a run's filter output (`--run-dir`)
   reference   N rows of the authors' reference CSV: the first of a seeded order over all its rows
               whose images are outside the held-out set
@@ -46,6 +48,7 @@ from hiercaps_gen.stages.finetune import finetune
 
 ENCODER = "embedded:minilm"
 DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "shared/data/hierarcaps_reference_sample.csv.gz"
+SHIPPED_CAPTIONS = Path(__file__).resolve().parents[1] / "data/coco_val2014_sample/captions.json"
 Row = dict[str, object]
 
 
@@ -74,6 +77,11 @@ def truncation_rows(captions: list[str], seed: int) -> list[Row]:
 def image_key(url: str) -> str:
     """The image file name of a URL or path: how a run's rows and the reference name one image."""
     return Path(urlparse(url).path).name
+
+
+def shipped_images(path: Path = SHIPPED_CAPTIONS) -> set[str]:
+    """The images of the shipped caption sample (COCO format): never in the held-out set."""
+    return {image_key(image["file_name"]) for image in json.loads(path.read_text(encoding="utf-8"))["images"]}
 
 
 def reference_rows(path: Path) -> list[Row]:
@@ -156,9 +164,10 @@ def summary(values: list[float]) -> dict[str, object]:
 
 def re_proxy(run: list[Row], reference: list[Row], n: int, seeds: int, seed: int, epochs: int,
              batch_size: int, test_rows: int) -> dict[str, object]:
-    """Every arm over `seeds` draws; the held-out set is fixed by `seed` and excludes the run's images."""
+    """Every arm over `seeds` draws; the held-out set is fixed by `seed` and excludes the run's
+    images and the shipped sample's."""
     n = min([n] + ([len(run)] if run else []))
-    test, test_images = held_out(reference, {r["image"] for r in run}, test_rows, seed)
+    test, test_images = held_out(reference, {r["image"] for r in run} | shipped_images(), test_rows, seed)
     chains = [r["positive"] for r in test]
     zero_shot = d_corr(load_encoder(ENCODER, device="cpu"), chains)
     arms: dict[str, list[dict[str, float]]] = {}

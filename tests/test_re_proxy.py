@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.re_proxy import held_out, reference_draw, truncation_levels, truncation_rows
+from bench.re_proxy import held_out, image_key, reference_draw, shipped_images, truncation_levels, truncation_rows
 from hiercaps_gen.hierarchy import is_hierarchy
 
 SHIPPED = Path(__file__).resolve().parents[1] / "data/coco_val2014_sample/captions.json"
@@ -71,3 +71,11 @@ def test_reference_draw_moves_only_by_the_held_out_images():
     assert not {r["image"] for r in moved} & dropped
     kept = [r for r in base if r["image"] not in dropped]
     assert moved[:len(kept)] == kept  # the rest of the draw keeps its rows and their order
+
+
+def test_shipped_images_are_named_as_the_reference_names_them():
+    """The held-out set leaves out the shipped sample by image file name, as URLs name them."""
+    images = json.loads(SHIPPED.read_text(encoding="utf-8"))["images"]
+    names = shipped_images(SHIPPED)
+    assert len(names) == len({image["id"] for image in images}) > 0
+    assert names == {image_key(image["coco_url"]) for image in images}
