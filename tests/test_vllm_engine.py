@@ -57,6 +57,8 @@ def test_abstract_stage_on_vllm_with_structured_outputs_and_prefix_caching(tmp_p
     assert accounted(tmp_path, [r["id"] for r in rows]) == sorted(r["id"] for r in rows)
     assert totals["accepted"] >= len(rows) // 2  # SmolLM2 writes usable hierarchies for most sample captions
     assert "format" not in totals["reasons"]  # the regex holds every answer to the taught lines
+    stats = manifest["stats"]  # most prompt tokens are the shared few-shot prefix, served from the cache
+    assert stats["prompt_tokens"] > stats["prefix_cached_tokens"] > stats["prompt_tokens"] // 2
     for row in read_stage_rows(tmp_path, "abstract"):
         assert len(row["positive"]) == 4 and row["positive"][3] == row["caption"]
         assert row["generator_model"].startswith("embedded:smollm2@")

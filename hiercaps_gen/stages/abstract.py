@@ -36,8 +36,10 @@ from hiercaps_gen.llm.prompts import PromptError, load_prompt, parse_answer
 from hiercaps_gen.stages.base import Reject, Resources, ShardOutput, ShardStage, StageError, load_manifest, stage_dir
 
 CACHE_FILE = "cache.sqlite"
-STAT_KEYS = ("captions", "prompts", "backend_prompts", "cache_hits", "prompt_tokens", "generated_tokens",
-             "cached_tokens", "generate_seconds", "repaired_level1")
+# cache_hits / cached_tokens: answers the stage's response cache gave; prefix_cached_tokens: prompt
+# tokens the engine's prefix cache served (vLLM), i.e. prefill the shared few-shot prefix saved
+STAT_KEYS = ("captions", "prompts", "backend_prompts", "cache_hits", "prompt_tokens", "prefix_cached_tokens",
+             "generated_tokens", "cached_tokens", "generate_seconds", "repaired_level1")
 
 
 def derive_seed(seed: int, row_id: str, attempt: int, candidate: int) -> int:
@@ -207,6 +209,8 @@ class AbstractStage(ShardStage):
             stats["cache_hits" if generation.cached else "backend_prompts"] += 1
             stats["cached_tokens" if generation.cached else "generated_tokens"] += generation.completion_tokens
             stats["prompt_tokens"] += generation.prompt_tokens
+            if not generation.cached:
+                stats["prefix_cached_tokens"] += generation.prefix_cached_tokens
         verdicts = [self.judge(pending[i // candidates], g) for i, g in enumerate(generations)]
         scores = self._scores(verdicts)
         still: list[dict[str, Any]] = []
