@@ -137,6 +137,10 @@ class NegativesConfig(Strict):
     known_word_levels: int = Field(
         default=0, ge=0, le=4, description="levels 1..N: every word known to the scorer's vocabulary, the positives or the table"
     )
+    repeat_ngram: int = Field(
+        default=0, ge=0,
+        description="levels 3-4: a candidate in which a run of N words occurs twice is refused (`repetitive`); 0: off",
+    )
     rank_from_level: int = Field(
         default=3, ge=1, le=5,
         description="levels below it keep their first valid sample; from it on, the most likely valid sample",

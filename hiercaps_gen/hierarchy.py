@@ -140,6 +140,14 @@ def word_count(text: str) -> int:
     return len(words(text))
 
 
+def repeats_ngram(text: str, n: int) -> bool:
+    """Whether some run of `n` words occurs twice in `text`: a sampled sentence that loops ("a
+    kitten in the light of a kitten in the light of a kitten")."""
+    tokens = words(text)
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
 # A hierarchy as a row holds it: LEVELS non-empty strings, generic → specific; in the authors'
 # CSV layout the levels are joined by SEPARATOR.
 SEPARATOR = " => "

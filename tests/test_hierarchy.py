@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hiercaps_gen.hierarchy import SEPARATOR, is_hierarchy, join_levels, level_problem, split_levels, word_count, words
+from hiercaps_gen.hierarchy import (
+    SEPARATOR, is_hierarchy, join_levels, level_problem, repeats_ngram, split_levels, word_count, words,
+)
 
 
 @pytest.mark.parametrize(
@@ -45,6 +47,14 @@ def test_split_levels_trims_and_handles_missing() -> None:
 def test_word_count_is_the_checks_tokenisation() -> None:
     text = "A man - on a tennis_court, 2 rackets!"
     assert word_count(text) == len(words(text)) == 8
+
+
+def test_repeats_ngram_finds_a_run_of_words_said_twice() -> None:
+    loop = "a kitten in the light of a kitten in the light of a kitten"
+    assert repeats_ngram(loop, 3) and repeats_ngram(loop, 8) and not repeats_ngram(loop, 9)  # 14 words, period 6
+    assert repeats_ngram("A cat, on a mat. a cat on the mat", 2)  # the words, not the punctuation or case
+    assert not repeats_ngram("a cat on a mat next to a dog on a rug", 3)  # "on a" twice is no loop of three
+    assert not repeats_ngram("a cat", 3)
 
 
 # -- level 1 more generic than level 2 (issue 11) --------------------------------------------------

@@ -211,6 +211,18 @@ def test_short_negatives_with_a_word_nobody_knows_are_refused(tmp_path: Path) ->
     assert NegativesStage(tiny_config(), run_dir).lexical_problem("roadassistant", 1, POSITIVE) is None  # off by default
 
 
+def test_sampled_levels_that_loop_are_refused(tmp_path: Path) -> None:
+    """`repeat_ngram: 3`: a level-3/4 candidate saying a run of three words twice is `repetitive`;
+    levels 1-2 and texts that only share short words pass; off by default."""
+    stage = NegativesStage(tiny_config(**{"negatives.repeat_ngram": 3}), tmp_path)
+    loop = "a kitten in the light of a kitten in the light"
+    assert stage.lexical_problem(loop, 2, POSITIVE) == "repetitive"
+    assert stage.lexical_problem("A cat sits on a bench and a cat sits on a chair.", 3, POSITIVE) == "repetitive"
+    assert stage.lexical_problem("A cat on a bench next to a bird on a wire.", 3, POSITIVE) is None
+    assert stage.lexical_problem("cat cat cat cat", 1, POSITIVE) is None  # levels 1-2: the table's checks, not this one
+    assert NegativesStage(tiny_config(), tmp_path).lexical_problem(loop, 2, POSITIVE) is None
+
+
 def _level1_margins(options: list[str], level2: str, negative: str) -> dict[str, float]:
     """Ξ(o, n_1) − Ξ(o, p_2) for each option o, computed here from the geometry module."""
     embedder = get_embedder("embedded:minilm", "cpu")

@@ -119,6 +119,8 @@ class NegativesStage(ShardStage):
             return "not_a_sentence"
         if word_count(text) > self.config.negatives.max_words_ratio * word_count(positive[k]) + 4:
             return "too_long"  # a sibling is about as specific as p_k; sampled run-ons repeat themselves
+        if k >= TABLE_LEVELS and (n := self.config.negatives.repeat_ngram) and hierarchy.repeats_ngram(text, n):
+            return "repetitive"  # a loop the fluency filter may pass: repeated text reads as likely
         if k < self.config.negatives.known_word_levels and not all(map(self.is_known, hierarchy.words(text))):
             return "unknown_word"  # "roadassistant": a one- or two-word text the fluency filter does not judge
         if k < TABLE_LEVELS and (related := hypernyms.relation(hierarchy.words(text), hierarchy.words(positive[k]))):
