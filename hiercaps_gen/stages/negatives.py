@@ -16,6 +16,8 @@ With `level1_source: categories` (the CPU default) n_1 is not sampled: it is dra
 hypernym table's categories that no positive level names, which a small model's n_1 ("person",
 "roadassistant") often is not; measured in docs/decisions.md. With `known_word_levels: 2` (the
 CPU default) a level-1 or level-2 candidate with a word nobody knows is refused (`unknown_word`).
+With `repeat_ngram: 3` (the CPU default) a level-3 or level-4 candidate that says a run of three
+words twice is refused (`repetitive`): the fluency filter reads such a loop as likely text.
 At levels 1-2 a candidate whose head the hypernym table puts at, above or below p_k's head is no
 sibling ("dogs" or "a large dog" for "dog", "person" for "man", "woman" for "people": true of the
 image) and is refused as `same_head`, `ancestor` or `descendant`.
