@@ -28,7 +28,8 @@ def run_config(args: argparse.Namespace, overrides: dict[str, Any]) -> RunConfig
     """Profile or run's saved config, plus flag overrides; saved back to RUN/config.yaml."""
     saved = Path(args.run_dir) / "config.yaml"
     source = args.config or (saved if saved.exists() else "cpu")
-    config = load_config(source).with_overrides({**overrides, "seed": args.seed})
+    given = {key: value for key, value in {**overrides, "seed": args.seed}.items() if value is not None}
+    config = load_config(source).with_overrides(given)
     text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=True)
     atomic_write_bytes(saved, text.encode("utf-8"))
     return config

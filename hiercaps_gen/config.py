@@ -141,6 +141,11 @@ class NegativesConfig(Strict):
         default=0, ge=0,
         description="levels 3-4: a candidate in which a run of N words occurs twice is refused (`repetitive`); 0: off",
     )
+    fluent: bool = Field(
+        default=False,
+        description="levels from filter.fluency_from_level: a candidate the filter's fluency check would refuse "
+        "(its model and thresholds) is refused here (`not_fluent`) and the next valid one tried",
+    )
     rank_from_level: int = Field(
         default=3, ge=1, le=5,
         description="levels below it keep their first valid sample; from it on, the most likely valid sample",
@@ -234,6 +239,12 @@ class RunConfig(Strict):
     finetune: FinetuneConfig = FinetuneConfig()
     execution: ExecutionConfig = ExecutionConfig()
 
+    @model_validator(mode="after")
+    def _fluent_needs_a_fluency_model(self) -> RunConfig:
+        if self.negatives.fluent and self.filter.fluency_model is None:
+            raise ValueError("negatives.fluent applies the filter's fluency check: it needs filter.fluency_model")
+        return self
+
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
@@ -242,11 +253,10 @@ class RunConfig(Strict):
         return _digest(self.canonical_json())
 
     def with_overrides(self, overrides: dict[str, Any]) -> RunConfig:
-        """A copy with dotted-key overrides applied (`{"abstract.llm.backend": "openai"}`)."""
+        """A copy with dotted-key overrides applied (`{"abstract.llm.backend": "openai"}`); a None
+        value sets the field to None (`{"filter.fluency_model": None}`: no fluency check)."""
         data = self.model_dump(mode="json")
         for dotted, value in overrides.items():
-            if value is None:
-                continue
             node = data
             *parents, leaf = dotted.split(".")
             for key in parents:

@@ -57,6 +57,12 @@ class FluencyScorer:
         return out
 
 
+def reads_worse(negative_nll: float, positive_nll: float, max_nll: float, max_excess: float) -> bool:
+    """The fluency rule the filter applies (and `negatives.fluent` before it): a negative is salad
+    when its NLL/token is above `max_nll`, or more than `max_excess` nats above its positive's."""
+    return negative_nll > max_nll or negative_nll - positive_nll > max_excess
+
+
 @lru_cache(maxsize=2)
 def get_fluency_scorer(model: str = "embedded:smollm2", device: str = "auto") -> FluencyScorer:
     """One loaded LM per process and model."""

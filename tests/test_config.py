@@ -20,6 +20,14 @@ def test_fingerprint_follows_canonical_content(tmp_path: Path):
     assert load_config(a).fingerprint() != load_config(a).with_overrides({"seed": 2}).fingerprint()
 
 
+def test_an_override_to_none_sets_none():
+    """An optional field can be switched off by override (`filter.fluency_model: None`)."""
+    assert load_config("gpu").filter.fluency_model is not None
+    assert load_config("gpu").with_overrides({"filter.fluency_model": None}).filter.fluency_model is None
+    with pytest.raises(ConfigError, match="filter.fluency_model"):  # the cpu profile's negatives use the rule
+        load_config("cpu").with_overrides({"filter.fluency_model": None})
+
+
 def test_unknown_keys_and_bad_values_are_clear_errors(tmp_path: Path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("ingest: {num_shard: 3}\n")
@@ -33,6 +41,9 @@ def test_unknown_keys_and_bad_values_are_clear_errors(tmp_path: Path):
         load_config(bad)
     bad.write_text("negatives: {level1_pair: margin}\n")  # p_1 beside n_1 needs n_1 drawn from the table
     with pytest.raises(ConfigError, match="level1_source: categories"):
+        load_config(bad)
+    bad.write_text("negatives: {fluent: true}\nfilter: {fluency_model: null}\n")  # the filter's rule needs its model
+    with pytest.raises(ConfigError, match="filter.fluency_model"):
         load_config(bad)
     bad.write_text("seed: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 
 from hiercaps_gen import hypernyms
 from hiercaps_gen.encoders import get_embedder
+from hiercaps_gen.fluency import get_fluency_scorer, reads_worse
 from hiercaps_gen.geometry import exterior_angle
 from hiercaps_gen.ordering.tasks import down_source
 from hiercaps_gen.stages.negatives import NegativesStage, _seed
@@ -272,3 +274,35 @@ def test_level1_pair_in_the_stage_keeps_p1_among_the_table_options(tmp_path: Pat
     for row in moved:
         assert row["positive"][0] in level1_options(*rows[row["id"]]["positive"][:2])
         assert row["positive"][1:] == rows[row["id"]]["positive"][1:] and row["negative"][0] != row["positive"][0]
+
+
+def test_fluent_tries_the_next_sample_where_the_filter_would_drop_the_row(tmp_path: Path) -> None:
+    """`fluent`: a level-4 candidate that reads worse than the filter allows is refused
+    (`not_fluent`, counted) and the next valid one taken; levels the filter does not judge, and the
+    stage with the option off, keep the first valid candidate."""
+
+    salad = 'a man" vegetable 1 blankets in a ) bedsc [ s.'
+    sibling = "A black cat sitting on a wooden bench in a park."
+    row = hierarchy_rows(1)[0] | {"positive": POSITIVE, "caption": POSITIVE[-1]}
+    on = {"filter.fluency_model": "embedded:smollm2", "negatives.fluent": True}
+    picks = {}
+    for name, overrides in {"on": on, "off": {**on, "negatives.fluent": False}}.items():
+        stage = NegativesStage(tiny_config(**overrides), tmp_path)
+        queues = {(0, 3): [salad, sibling], (0, 2): ["a man vegetable blankets in bedsc", "a cat on a bench"]}
+        chosen, problems = {}, {key: Counter() for key in queues}
+        with torch_threads(1):
+            stage._pick_by_similarity(list(queues), [row], queues, chosen, problems)
+        picks[name] = (chosen, problems)
+    f = tiny_config(**on).filter
+    nll = get_fluency_scorer("embedded:smollm2", "cpu").nll([salad, sibling, POSITIVE[3]])
+    assert reads_worse(nll[0], nll[2], f.max_negative_nll, f.max_nll_excess)  # the filter would drop the salad
+    assert not reads_worse(nll[1], nll[2], f.max_negative_nll, f.max_nll_excess)
+    chosen, problems = picks["on"]
+    assert chosen[(0, 3)] == sibling and problems[(0, 3)]["not_fluent"] == 1
+    assert chosen[(0, 2)] == "a man vegetable blankets in bedsc"  # level 3: not judged for fluency
+    assert picks["off"][0] == {(0, 3): salad, (0, 2): "a man vegetable blankets in bedsc"}
+    run_dir = _copy(tmp_path)
+    fingerprint = {name: NegativesStage(tiny_config(**overrides, **{"filter.max_nll_excess": 2.0}), run_dir).fingerprint()
+                   for name, overrides in {"on": on, "off": {}}.items()}
+    assert fingerprint["on"] != NegativesStage(tiny_config(**on), run_dir).fingerprint()  # the rule is an input
+    assert fingerprint["off"] == NegativesStage(tiny_config(), run_dir).fingerprint()

@@ -14,7 +14,8 @@ something, no negative repeating a positive). Then a pluggable scorer judges mea
   image is not a negative). filter_score = min positive entailment − max negative entailment.
 Before the scorer, for either: fluency (`fluency.py`) — a negative at level ≥ `fluency_from_level` (4)
 whose per-token NLL under a small causal LM (SmolLM2 offline) is above `max_negative_nll`, or more
-than `max_nll_excess` nats above its positive's at the same level, is word salad (`not_fluent`).
+than `max_nll_excess` nats above its positive's at the same level, is word salad (`not_fluent`;
+with `negatives.fluent` the negatives stage applies the same rule to its candidates first).
 Every drop is a reject with its reason and the numbers behind it.
 """
 
@@ -31,7 +32,7 @@ import torch
 from hiercaps_gen import hierarchy
 from hiercaps_gen.config import FilterConfig
 from hiercaps_gen.encoders import get_embedder
-from hiercaps_gen.fluency import FluencyScorer, get_fluency_scorer
+from hiercaps_gen.fluency import FluencyScorer, get_fluency_scorer, reads_worse
 from hiercaps_gen.geometry import hierarchy_angles, kendall_tau, root_distance, shows_order
 from hiercaps_gen.hierarchy import dedup_key, is_hierarchy
 from hiercaps_gen.models import pick_device, resolve
@@ -159,7 +160,7 @@ def fluency_problems(cfg: FilterConfig, positives: list[list[str]], negatives: l
     out: list[tuple[str, str] | None] = []
     for pos, neg in scores:
         bad = [(k, p, n) for k, p, n in zip(levels, pos, neg)
-               if n > cfg.max_negative_nll or n - p > cfg.max_nll_excess]
+               if reads_worse(n, p, cfg.max_negative_nll, cfg.max_nll_excess)]
         out.append(None if not bad else ("not_fluent", "; ".join(
             f"level {k + 1}: NLL/token negative {n:.2f} vs positive {p:.2f}" for k, p, n in bad)))
     return out

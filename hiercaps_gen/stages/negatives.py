@@ -18,6 +18,8 @@ hypernym table's categories that no positive level names, which a small model's 
 CPU default) a level-1 or level-2 candidate with a word nobody knows is refused (`unknown_word`).
 With `repeat_ngram: 3` (the CPU default) a level-3 or level-4 candidate that says a run of three
 words twice is refused (`repetitive`): the fluency filter reads such a loop as likely text.
+With `fluent: true` (the CPU default) a candidate at a level the filter judges for fluency (4) that
+the filter's rule would refuse is refused here (`not_fluent`), and the next valid sample is tried.
 At levels 1-2 a candidate whose head the hypernym table puts at, above or below p_k's head is no
 sibling ("dogs" or "a large dog" for "dog", "person" for "man", "woman" for "people": true of the
 image) and is refused as `same_head`, `ancestor` or `descendant`.
@@ -41,6 +43,7 @@ import torch
 
 from hiercaps_gen import hierarchy, hypernyms
 from hiercaps_gen.encoders import get_embedder
+from hiercaps_gen.fluency import get_fluency_scorer, reads_worse
 from hiercaps_gen.geometry import exterior_angle
 from hiercaps_gen.ordering.generate import OrderingModel, trained_model_hash
 from hiercaps_gen.ordering.model import torch_threads
@@ -75,8 +78,13 @@ class NegativesStage(ShardStage):
         return trained_model_hash(self.run_dir)
 
     def fingerprint_inputs(self) -> dict[str, Any]:
-        """The ordering model's hash: a retrained model redoes every shard."""
-        return {"ordering_model": self.ordering_hash()}
+        """The ordering model's hash: a retrained model redoes every shard; with `fluent`, the
+        filter's fluency rule too (another threshold, other negatives)."""
+        inputs: dict[str, Any] = {"ordering_model": self.ordering_hash()}
+        if self.config.negatives.fluent:
+            f = self.config.filter
+            inputs["fluency"] = [f.fluency_model, f.fluency_from_level, f.max_negative_nll, f.max_nll_excess]
+        return inputs
 
     def shards(self) -> list[dict[str, Any]]:
         """The abstract shards, plus the distilled ones when `ordering.distill` is on."""
@@ -302,13 +310,34 @@ class NegativesStage(ShardStage):
         while todo:
             texts = [queues[key].pop(0) for key in todo]
             vectors = embedder.encode(texts)
+            passed = []
             for (i, k), text, vector in zip(todo, texts, vectors):
                 problem = self.similarity_problem(text, k, of_row[i] @ vector, valid[i]["positive"])
                 if problem is None:
-                    chosen[(i, k)] = text
+                    passed.append(((i, k), text))
                 else:
                     problems[(i, k)][problem] += 1
+            for (key, text), fluent in zip(passed, self.fluent(passed, valid)):
+                if fluent:
+                    chosen[key] = text
+                else:
+                    problems[key]["not_fluent"] += 1
             todo = [key for key in todo if key not in chosen and queues[key]]
+
+    def fluent(self, candidates: list[tuple[tuple[int, int], str]], valid: list[dict[str, Any]]) -> list[bool]:
+        """Whether each ((row, level), text) candidate passes the filter's fluency rule (`fluent`):
+        the filter would drop the whole row for a level-4 negative that reads worse than its
+        positive, though another valid sample of that level often reads well (docs/decisions.md)."""
+        f = self.config.filter
+        judged = [(i, k, text) for (i, k), text in candidates if self.config.negatives.fluent and k >= f.fluency_from_level - 1]
+        if not judged:
+            return [True] * len(candidates)
+        scorer = get_fluency_scorer(f.fluency_model, f.device)  # type: ignore[arg-type]  # the config validates it
+        texts = [t for i, k, text in judged for t in (text, valid[i]["positive"][k])]
+        nll = dict(zip(texts, scorer.nll(texts)))
+        verdict = {(i, k): not reads_worse(nll[text], nll[valid[i]["positive"][k]], f.max_negative_nll, f.max_nll_excess)
+                   for i, k, text in judged}
+        return [verdict.get(key, True) for key, _ in candidates]
 
     def summarize(self, rows: list[dict[str, Any]], stats: dict[str, float]) -> dict[str, Any]:
         return level_profile(rows)
