@@ -329,8 +329,8 @@ class NegativesStage(ShardStage):
         the filter would drop the whole row for a level-4 negative that reads worse than its
         positive, though another valid sample of that level often reads well (docs/decisions.md)."""
         f = self.config.filter
-        judged = [(i, k, text) for (i, k), text in candidates if self.config.negatives.fluent and k >= f.fluency_from_level - 1]
-        if not judged:
+        judged = [(i, k, text) for (i, k), text in candidates if k >= f.fluency_from_level - 1]
+        if not (self.config.negatives.fluent and judged):
             return [True] * len(candidates)
         scorer = get_fluency_scorer(f.fluency_model, f.device)  # type: ignore[arg-type]  # the config validates it
         texts = [t for i, k, text in judged for t in (text, valid[i]["positive"][k])]
