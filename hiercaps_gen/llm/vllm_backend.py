@@ -9,12 +9,16 @@ engine is built, so this module imports cleanly without it.
 
 from __future__ import annotations
 
+import atexit
 import gc
 import json
 import os
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ from hiercaps_gen.llm.identity import model_identity
 # tests tell that a worker loaded one engine, not one per shard.
 ENGINE_LOG_ENV = "HIERCAPS_ENGINE_LOG"
 IN_PROCESS_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
+IPC_DIR_ENV = "VLLM_RPC_BASE_PATH"
 
 
 def sampling_spec(request: GenerationRequest) -> dict[str, Any]:
@@ -111,6 +116,8 @@ def build_llm(llm: LLMConfig, model_dir: str | None = None) -> Any:
     args, env = engine_settings(llm, model_dir)
     for key, value in env.items():
         os.environ.setdefault(key, value)  # a value set by the user wins
+    if IPC_DIR_ENV not in os.environ:  # inherited by engine cores, workers and subprocesses
+        os.environ[IPC_DIR_ENV] = ipc_dir()
     start = time.perf_counter()
     if llm.reproducible:
         engine = in_process_llm(vllm, args)
@@ -119,6 +126,18 @@ def build_llm(llm: LLMConfig, model_dir: str | None = None) -> Any:
         engine = vllm.LLM(**args)
     record_engine_start(model_dir, time.perf_counter() - start)
     return engine
+
+
+@lru_cache(maxsize=1)
+def ipc_dir() -> str:
+    """This process's directory for vLLM's ZeroMQ socket files, removed when the process exits.
+
+    vLLM binds its IPC sockets as uuid-named files under `VLLM_RPC_BASE_PATH` (default: the
+    system temp dir) and never unlinks them: each engine left 7 files in /tmp, even after
+    `shutdown_llm` and a clean exit (docs/vllm.md)."""
+    path = tempfile.mkdtemp(prefix="vllm-ipc-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def in_process_llm(vllm: Any, args: dict[str, Any]) -> Any:
