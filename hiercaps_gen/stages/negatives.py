@@ -226,9 +226,9 @@ class NegativesStage(ShardStage):
     def ranked(self, samples: list[tuple[float, str]], positive: str) -> list[tuple[float, str]]:
         """(score, text) samples in the order a ranked level tries them: the most likely first, and
         with `min_words_share` those shorter than that share of p_k's words after the rest (the
-        most likely sample is often a short one; at 1.0 n_3 matched the reference's length but the
-        RE proxy fell 0.010, so no profile sets it: docs/decisions.md, stop 23). Stable: ties keep
-        sample order."""
+        most likely sample is often a short one; at 1.0 the RE proxy fell 0.010, at 0.75 — the
+        `cpu` profile — n_3 matched the reference's length and the proxy rose 0.006:
+        docs/decisions.md, stops 23 and 26). Stable: ties keep sample order."""
         short = self.config.negatives.min_words_share * word_count(positive)
         return sorted(samples, key=lambda pair: (word_count(pair[1]) < short, -pair[0]))
 
