@@ -23,7 +23,7 @@ from hiercaps_gen.stages.abstract import AbstractStage
 from hiercaps_gen.config import LLMConfig, RunConfig
 from hiercaps_gen.hierarchy import words
 from hiercaps_gen.llm.base import GenerationRequest, Sampling, render_chat
-from hiercaps_gen.llm.vllm_backend import ENGINE_LOG_ENV, VLLMGenerator
+from hiercaps_gen.llm.vllm_backend import ENGINE_LOG_ENV, IPC_DIR_ENV, VLLMGenerator
 from hiercaps_gen.llm.cache import LLMCache
 from hiercaps_gen.llm.prompts import load_prompt
 from hiercaps_gen.stages.base import read_stage_rows
@@ -275,7 +275,7 @@ def test_an_engine_leaves_no_socket_files(tmp_path):
     never unlinks them (7 per engine here); the backend points it at a per-process directory that
     goes when the process exits. Own process: only an exit shows it."""
     (tmp_path / "run.py").write_text(ENGINE_SOCKETS_RUN)
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_RPC_BASE_PATH"}
+    env = {k: v for k, v in os.environ.items() if k != IPC_DIR_ENV}
     subprocess.run([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "seen.json")],
                    env={**env, "PYTHONPATH": str(REPO)}, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
