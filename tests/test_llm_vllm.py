@@ -4,6 +4,8 @@ engine. The real CPU engine is exercised in test_vllm_engine.py."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 
@@ -11,7 +13,7 @@ import pytest
 
 from hiercaps_gen.config import LLMConfig
 from hiercaps_gen.llm.base import GenerationRequest, Sampling, render_chat
-from hiercaps_gen.llm.vllm_backend import VLLMGenerator, engine_settings, sampling_spec
+from hiercaps_gen.llm.vllm_backend import VLLMGenerator, engine_settings, ipc_dir, remove_stale_ipc_dirs, sampling_spec
 from hiercaps_gen.llm.prompts import load_prompt
 
 from .conftest import REPO
@@ -95,3 +97,20 @@ def test_prompts_share_a_byte_identical_prefix(tmp_path):
     for prompt in prompts:
         assert prompt.startswith(shared)
         assert prompt.endswith("<|im_start|>assistant\n") and prompt.count("<|im_start|>") == len(template.shared_messages()) + 2
+
+
+def test_a_killed_process_ipc_directory_goes_with_the_next_one_made(tmp_path):
+    """A SIGKILLed process runs no exit hook, so its socket directory stays; the next process to
+    make one removes it, and never one whose process is alive (this one's)."""
+    kill = (f"import os, signal, tempfile; tempfile.tempdir = {str(tmp_path)!r}\n"
+            "from hiercaps_gen.llm.vllm_backend import ipc_dir\n"
+            "print(ipc_dir(), flush=True); os.kill(os.getpid(), signal.SIGKILL)\n")
+    out = subprocess.run([sys.executable, "-c", kill], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == -signal.SIGKILL
+    killed = tmp_path / os.path.basename(out.stdout.strip())
+    assert killed.is_dir()
+    alive = tmp_path / f"vllm-ipc-{os.getpid()}-x"
+    alive.mkdir()
+    assert remove_stale_ipc_dirs(str(tmp_path)) == [str(killed)]
+    assert not killed.exists() and alive.is_dir()
+    assert os.path.basename(ipc_dir()).startswith(f"vllm-ipc-{os.getpid()}-")

@@ -128,16 +128,43 @@ def build_llm(llm: LLMConfig, model_dir: str | None = None) -> Any:
     return engine
 
 
+IPC_DIR_PREFIX = "vllm-ipc-"
+
+
 @lru_cache(maxsize=1)
 def ipc_dir() -> str:
     """This process's directory for vLLM's ZeroMQ socket files, removed when the process exits.
 
     vLLM binds its IPC sockets as uuid-named files under `VLLM_RPC_BASE_PATH` (default: the
     system temp dir) and never unlinks them: each engine left 7 files in /tmp, even after
-    `shutdown_llm` and a clean exit (docs/vllm.md)."""
-    path = tempfile.mkdtemp(prefix="vllm-ipc-")
+    `shutdown_llm` and a clean exit (docs/vllm.md). The name carries the pid, so the next process
+    to make one removes those of processes that died without exiting (SIGKILL, OOM)."""
+    remove_stale_ipc_dirs()
+    path = tempfile.mkdtemp(prefix=f"{IPC_DIR_PREFIX}{os.getpid()}-")
     atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path
+
+
+def remove_stale_ipc_dirs(parent: str | None = None) -> list[str]:
+    """Remove the `vllm-ipc-<pid>-*` directories in `parent` (the temp dir) whose process is gone."""
+    removed = []
+    for path in Path(parent or tempfile.gettempdir()).glob(f"{IPC_DIR_PREFIX}*-*"):
+        pid = path.name[len(IPC_DIR_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(str(path))
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (a pid reused since only keeps a directory longer)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def in_process_llm(vllm: Any, args: dict[str, Any]) -> Any:
