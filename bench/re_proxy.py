@@ -15,8 +15,11 @@ are all scored on the same chains):
   zero-shot   the untuned encoder
 Each arm's rows go to a temporary Parquet file that `finetune` reads as a lone file; nothing of the
 reference reaches the product. `--seeds K` repeats the draw of rows (and the training seed) K
-times and prints mean ± half-range. Usage (HF_HUB_OFFLINE=1; the encoder is the shipped MiniLM):
-    python bench/re_proxy.py --release releases/hierarcaps-gen-sample/0.1.0 [--rows 540] [--seeds 2]
+times and prints per arm the mean, half-range and standard error, and release − reference with a
+95 % interval: one draw moves an arm by ~±0.005, the size of the gap being decided, so deciding it
+takes ~10 draws per arm. `--jobs J` trains J arms at once in their own processes (`--threads` torch
+threads each). Usage (HF_HUB_OFFLINE=1; the encoder is the shipped MiniLM):
+    python bench/re_proxy.py --release releases/hierarcaps-gen-sample/0.1.0 [--rows 540] [--seeds 12 --jobs 2]
     python bench/re_proxy.py --run-dir runs/default
     python bench/re_proxy.py --reference-only            # arms 2-4, no run needed
 """
@@ -28,8 +31,11 @@ import csv
 import gzip
 import json
 import random
+import math
+import multiprocessing
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -157,21 +163,48 @@ def train_and_score(rows: list[Row], chains: list[list[str]], seed: int, epochs:
             "seconds": time.perf_counter() - started}
 
 
+def _train_job(job: tuple[list[Row], list[list[str]], int, int, int, Path, int]) -> dict[str, float]:
+    """One arm of one draw in a worker process, at `threads` torch threads."""
+    *args, threads = job
+    torch.set_num_threads(threads)
+    return train_and_score(*args)
+
+
+def run_jobs(jobs: list[tuple[list[Row], list[list[str]], int, int, int, Path, int]], workers: int) -> list[dict[str, float]]:
+    """`train_and_score` per job, in order; with workers > 1 on spawned processes (one core each is
+    what a small box has: two 1-thread arms side by side take about the wall time of one)."""
+    if workers <= 1:
+        return [_train_job(job) for job in jobs]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_train_job, jobs))
+
+
 def summary(values: list[float]) -> dict[str, object]:
+    """Mean, half-range and standard error of the mean (None for one draw) of an arm's draws."""
+    se = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
     return {"d_corr": [round(v, 4) for v in values], "mean": round(float(np.mean(values)), 4),
-            "half_range": round((max(values) - min(values)) / 2, 4)}
+            "half_range": round((max(values) - min(values)) / 2, 4), "se": None if se is None else round(se, 4)}
+
+
+def difference(a: dict[str, object], b: dict[str, object]) -> tuple[float, float | None]:
+    """Mean of arm a − mean of arm b and the half-width of its normal 95 % interval (independent
+    draws; None unless both arms have a standard error)."""
+    diff = float(a["mean"]) - float(b["mean"])
+    if a["se"] is None or b["se"] is None:
+        return diff, None
+    return diff, 1.96 * math.hypot(float(a["se"]), float(b["se"]))
 
 
 def re_proxy(run: list[Row], reference: list[Row], n: int, seeds: int, seed: int, epochs: int,
-             batch_size: int, test_rows: int) -> dict[str, object]:
+             batch_size: int, test_rows: int, jobs: int = 1, threads: int = 1) -> dict[str, object]:
     """Every arm over `seeds` draws; the held-out set is fixed by `seed` and excludes the run's
     images and the shipped sample's."""
     n = min([n] + ([len(run)] if run else []))
     test, test_images = held_out(reference, {r["image"] for r in run} | shipped_images(), test_rows, seed)
     chains = [r["positive"] for r in test]
     zero_shot = d_corr(load_encoder(ENCODER, device="cpu"), chains)
-    arms: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="re-proxy-") as tmp:
+        names, work = [], []
         for draw in range(seeds):
             s = seed + draw
             ref_sample = reference_draw(reference, test_images, n, s)
@@ -181,8 +214,11 @@ def re_proxy(run: list[Row], reference: list[Row], n: int, seeds: int, seed: int
             source = draws.get("release", ref_sample)
             draws["truncation"] = truncation_rows([str(r["positive"][-1]) for r in source], s)
             for arm, rows in draws.items():
-                arms.setdefault(arm, []).append(
-                    train_and_score(rows, chains, s, epochs, batch_size, Path(tmp) / f"{arm}-{s}"))
+                names.append(arm)
+                work.append((rows, chains, s, epochs, batch_size, Path(tmp) / f"{arm}-{s}", threads))
+        arms: dict[str, list[dict[str, float]]] = {}
+        for arm, result in zip(names, run_jobs(work, jobs), strict=True):
+            arms.setdefault(arm, []).append(result)
     out = {"n": n, "seeds": seeds, "epochs": epochs, "batch_size": batch_size, "test_rows": len(test),
            "test_images": len(test_images), "truncation_from": "release" if run else "reference",
            "zero_shot": round(zero_shot, 4)}
@@ -197,18 +233,19 @@ def print_table(result: dict[str, object]) -> None:
     print(f"RE proxy: MiniLM, N={result['n']} rows, {result['epochs']} epoch(s) of batch {result['batch_size']}, "
           f"{result['seeds']} draw(s); held-out {result['test_rows']} reference chains of "
           f"{result['test_images']} other images; truncation from the {result['truncation_from']} arm's captions")
-    print(f"{'arm':12} {'d_corr per draw':>24} {'mean':>8} {'±':>7} {'lift':>8} {'train s':>14}")
+    print(f"{'arm':12} {'d_corr per draw':>24} {'mean':>8} {'±':>7} {'se':>7} {'lift':>8} {'train s':>14}")
     zero = result["zero_shot"]
     print(f"{'zero-shot':12} {'':>24} {zero:>8.4f} {'':>7} {'':>8} {'':>14}")
     for arm in ("release", "reference", "truncation"):
         if arm in result:
             r = result[arm]
-            print(f"{arm:12} {str(r['d_corr']):>24} {r['mean']:>8.4f} {r['half_range']:>7.4f} "
+            se = "" if r["se"] is None else f"{r['se']:.4f}"
+            print(f"{arm:12} {str(r['d_corr']):>24} {r['mean']:>8.4f} {r['half_range']:>7.4f} {se:>7} "
                   f"{r['mean'] - zero:>+8.4f} {str(r['train_seconds']):>14}")
     if "release" in result:  # issue 11: lift at least the reference's, clearly above truncation
-        ours = result["release"]["mean"]
-        print(f"release - reference: {ours - result['reference']['mean']:+.4f}   "
-              f"release - truncation: {ours - result['truncation']['mean']:+.4f}")
+        for other in ("reference", "truncation"):
+            diff, half = difference(result["release"], result[other])
+            print(f"release - {other}: {diff:+.4f}" + ("" if half is None else f" (95 % interval ±{half:.4f})"))
     print(json.dumps({"re_proxy": result}))
 
 
@@ -227,7 +264,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--test-rows", type=int, default=1000, help="held-out reference chains")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (1: on a shared 2-core box, 2 threads ran 3x slower per step)")
+                        help="torch CPU threads per arm (1: on a shared 2-core box, 2 threads ran 3x slower per step)")
+    parser.add_argument("--jobs", type=int, default=1, help="arms trained at once, each in its own process")
     args = parser.parse_args(argv)
     run_dir = args.run_dir or (None if args.release or args.reference_only else Path("runs/default"))
     has_run = args.release is not None or (run_dir is not None and (run_dir / "filter" / "manifest.json").is_file())
@@ -239,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (run or args.reference_only):
         raise SystemExit(f"re_proxy: no valid rows in {args.release or run_dir}")
     print_table(re_proxy(run, reference_rows(args.reference), args.rows, args.seeds, args.seed, args.epochs,
-                         args.batch_size, args.test_rows))
+                         args.batch_size, args.test_rows, args.jobs, args.threads))
 
 
 if __name__ == "__main__":

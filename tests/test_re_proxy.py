@@ -8,7 +8,9 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.re_proxy import held_out, image_key, reference_draw, shipped_images, truncation_levels, truncation_rows
+from bench.re_proxy import (
+    difference, held_out, image_key, reference_draw, shipped_images, summary, truncation_levels, truncation_rows,
+)
 from hiercaps_gen.hierarchy import is_hierarchy
 
 SHIPPED = Path(__file__).resolve().parents[1] / "data/coco_val2014_sample/captions.json"
@@ -79,3 +81,13 @@ def test_shipped_images_are_named_as_the_reference_names_them():
     names = shipped_images(SHIPPED)
     assert len(names) == len({image["id"] for image in images}) > 0
     assert names == {image_key(image["coco_url"]) for image in images}
+
+
+def test_summary_gives_the_standard_error_and_difference_its_interval():
+    one = summary([0.95])
+    assert one["se"] is None and difference(one, one) == (0.0, None)
+    a, b = summary([0.95, 0.96, 0.97]), summary([0.94, 0.95])
+    assert a["mean"] == 0.96 and a["half_range"] == 0.01 and a["se"] == round(0.01 / 3 ** 0.5, 4)
+    diff, half = difference(a, b)
+    assert round(diff, 4) == 0.015
+    assert half == 1.96 * (a["se"] ** 2 + b["se"] ** 2) ** 0.5  # independent draws: variances add
