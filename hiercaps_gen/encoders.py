@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -28,6 +28,19 @@ from hiercaps_gen.geometry import kendall_tau, root_distances
 
 META = "encoder.json"
 EncoderType = Literal["auto", "clip", "sentence"]
+
+
+def encode_by_length(texts: list[str], batch_size: int, encode_batch: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
+    """`encode_batch` (texts → a (n, D) CPU float tensor) over batches cut from `texts` sorted by
+    length, the rows put back in `texts`' order: each batch pads to its own longest text. A batch
+    mixing one-word level 1s with captions padded all of them to the caption's length
+    (`bench/encode_order.py` measures the difference)."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    stacked = torch.cat([encode_batch([texts[i] for i in order[start : start + batch_size]])
+                         for start in range(0, len(texts), batch_size)])
+    out = torch.empty_like(stacked)
+    out[torch.tensor(order)] = stacked
+    return out
 
 
 class TextEncoder(nn.Module, ABC):
@@ -81,14 +94,15 @@ class TextEncoder(nn.Module, ABC):
 
     @torch.inference_mode()
     def encode(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
-        """Unit vectors on the CPU, in eval mode (restores the previous mode)."""
+        """Unit vectors on the CPU, in eval mode (restores the previous mode); batches by length."""
+        if not texts:
+            return torch.zeros(0, 0)
         was_training = self.training
         self.eval()
         try:
-            chunks = [self(texts[i : i + batch_size]).float().cpu() for i in range(0, len(texts), batch_size)]
+            return encode_by_length(texts, batch_size, lambda batch: self(batch).float().cpu())
         finally:
             self.train(was_training)
-        return torch.cat(chunks) if chunks else torch.zeros(0, 0)
 
     def encode_images(self, images: list[Any], batch_size: int = 64) -> torch.Tensor:
         raise NotImplementedError(f"a {self.kind} encoder has no image tower")
@@ -293,17 +307,17 @@ class TextEmbedder:
 
     @torch.inference_mode()
     def encode(self, texts: list[str]) -> np.ndarray:
-        out = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(
-                texts[start : start + self.batch_size], padding=True, truncation=True,
-                max_length=128, return_tensors="pt",
-            ).to(self.device)
-            hidden = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.model.config.hidden_size), np.float32)
+        """Unit vectors (float32 numpy) in `texts`' order; batches by length."""
+        if not texts:
+            return np.zeros((0, self.model.config.hidden_size), np.float32)
+        return encode_by_length(texts, self.batch_size, self._encode_batch).numpy()
+
+    def _encode_batch(self, texts: list[str]) -> torch.Tensor:
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt").to(self.device)
+        hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1).float().cpu()
 
     def root(self) -> np.ndarray:
         return self.encode([""])[0]

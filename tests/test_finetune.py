@@ -8,12 +8,13 @@ import random
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import torch
 
 from hiercaps_gen.config import RunConfig
-from hiercaps_gen.encoders import ClipEncoder, SentenceEncoder, TextEncoder, load_encoder
+from hiercaps_gen.encoders import ClipEncoder, SentenceEncoder, TextEmbedder, TextEncoder, load_encoder
 from hiercaps_gen.stages.evaluate import d_corr
 from hiercaps_gen.stages.finetune import (
     FinetuneError,
@@ -204,6 +205,25 @@ def test_clip_trains_only_its_text_path() -> None:
     trainable = set(encoder.trainable_state())
     assert trainable and all(n.startswith(("text_model.", "text_projection.")) for n in trainable)
     assert not any(p.requires_grad for p in encoder.vision_model.parameters())
+
+
+MIXED_LENGTHS = ["a red motorcycle parked outside a small garage", "dog", "", "two people on a beach", "cat",
+                 "a man riding a wave on top of a surfboard", "bus"]
+
+
+@pytest.mark.parametrize("kind", sorted(ENCODERS))
+def test_encode_batches_by_length_and_keeps_the_texts_order(kind: str) -> None:
+    """Batches are cut from the texts sorted by length; each text's vector is the one it gets alone."""
+    encoder = ENCODERS[kind]()
+    together = encoder.encode(MIXED_LENGTHS, batch_size=3)
+    alone = torch.cat([encoder.encode([t]) for t in MIXED_LENGTHS])
+    assert together.shape == alone.shape and torch.allclose(together, alone, atol=1e-5)
+
+
+def test_the_scorer_batches_by_length_and_keeps_the_texts_order() -> None:
+    scorer = TextEmbedder("embedded:minilm", device="cpu", batch_size=3)  # the filter's frozen MiniLM
+    together = scorer.encode(MIXED_LENGTHS)
+    assert np.allclose(together, np.concatenate([scorer.encode([t]) for t in MIXED_LENGTHS]), atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", sorted(ENCODERS))
