@@ -30,9 +30,9 @@ import argparse
 import csv
 import gzip
 import json
-import random
 import math
 import multiprocessing
+import random
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -56,6 +56,7 @@ ENCODER = "embedded:minilm"
 DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "shared/data/hierarcaps_reference_sample.csv.gz"
 SHIPPED_CAPTIONS = Path(__file__).resolve().parents[1] / "data/coco_val2014_sample/captions.json"
 Row = dict[str, object]
+Job = tuple[list[Row], list[list[str]], int, int, int, Path, int]  # train_and_score's arguments + threads
 
 
 def truncation_levels(caption: str) -> list[str]:
@@ -163,16 +164,16 @@ def train_and_score(rows: list[Row], chains: list[list[str]], seed: int, epochs:
             "seconds": time.perf_counter() - started}
 
 
-def _train_job(job: tuple[list[Row], list[list[str]], int, int, int, Path, int]) -> dict[str, float]:
+def _train_job(job: Job) -> dict[str, float]:
     """One arm of one draw in a worker process, at `threads` torch threads."""
     *args, threads = job
     torch.set_num_threads(threads)
     return train_and_score(*args)
 
 
-def run_jobs(jobs: list[tuple[list[Row], list[list[str]], int, int, int, Path, int]], workers: int) -> list[dict[str, float]]:
-    """`train_and_score` per job, in order; with workers > 1 on spawned processes (one core each is
-    what a small box has: two 1-thread arms side by side take about the wall time of one)."""
+def run_jobs(jobs: list[Job], workers: int) -> list[dict[str, float]]:
+    """`train_and_score` per job, results in the jobs' order; with workers > 1 on that many spawned
+    processes (on the 2-core box: two, at one torch thread each)."""
     if workers <= 1:
         return [_train_job(job) for job in jobs]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -235,7 +236,7 @@ def print_table(result: dict[str, object]) -> None:
           f"{result['test_images']} other images; truncation from the {result['truncation_from']} arm's captions")
     print(f"{'arm':12} {'d_corr per draw':>24} {'mean':>8} {'±':>7} {'se':>7} {'lift':>8} {'train s':>14}")
     zero = result["zero_shot"]
-    print(f"{'zero-shot':12} {'':>24} {zero:>8.4f} {'':>7} {'':>8} {'':>14}")
+    print(f"{'zero-shot':12} {'':>24} {zero:>8.4f} {'':>7} {'':>7} {'':>8} {'':>14}")
     for arm in ("release", "reference", "truncation"):
         if arm in result:
             r = result[arm]
