@@ -39,10 +39,10 @@ def main() -> None:
     rows = read_stage_rows(args.run_dir, "filter")
     row_order = [t for r in rows for t in [*r["positive"], *r["negative"]]]
     orders = {"row order": row_order, "sorted distinct": sorted(set(row_order))}
-    encoders = {"TextEncoder": load_encoder("embedded:minilm", device="cpu"),
-                "TextEmbedder": TextEmbedder("embedded:minilm", device="cpu")}
-    for enc_name, encoder in encoders.items():
-        batch = CHUNK if enc_name == "TextEncoder" else encoder.batch_size
+    embedder = TextEmbedder("embedded:minilm", device="cpu")
+    encoders = {"TextEncoder": (load_encoder("embedded:minilm", device="cpu"), CHUNK),
+                "TextEmbedder": (embedder, embedder.batch_size)}  # each with the batch size `encode` uses
+    for enc_name, (encoder, batch) in encoders.items():
         for order_name, texts in orders.items():
             best = {"by length": float("inf"), "as they come": float("inf")}
             for _ in range(args.repeats):
