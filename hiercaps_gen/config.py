@@ -77,6 +77,9 @@ class AbstractConfig(Strict):
     min_overlap: float = Field(default=0.5, ge=0.0, le=1.0, description="share of level k words in level k+1")
     level1_check: bool = Field(default=True, description="level 1 must be level 2's head or a known hypernym of it")
     repair_level1: bool = Field(default=True, description="replace a failing level 1 by the hypernym table's category")
+    head_level1: bool = Field(
+        default=False, description="level 1 becomes the head noun of a modified level 2 (\"bear\" for \"brown bear\")"
+    )
     draw_level1: bool = Field(
         default=False, description="redraw a table-category level 1 (seeded) among all categories of level 2's head"
     )

@@ -60,7 +60,7 @@ def test_repeats_ngram_finds_a_run_of_words_said_twice() -> None:
 # -- level 1 more generic than level 2 (issue 11) --------------------------------------------------
 
 from hiercaps_gen.hierarchy import (  # noqa: E402
-    Checks, HierarchyInvalid, draw_level1, level1_problem, repair_level1, validate_hierarchy,
+    Checks, HierarchyInvalid, draw_level1, head_level1, level1_problem, repair_level1, validate_hierarchy,
 )
 from hiercaps_gen.hypernyms import absent_categories, lookup, relation, singular  # noqa: E402
 
@@ -157,6 +157,22 @@ def test_draw_spreads_a_category_level1_over_every_category_of_the_head() -> Non
     assert "people" not in people and people <= table()["people"]  # never a repeat of level 2
     checked = {validate_hierarchy(levels[:3], caption, level1_seed=seed).levels[0] for seed in range(8)}
     assert len(checked) > 1 and validate_hierarchy(levels[:3], caption).levels[0] == "vehicle"
+
+
+def test_head_level1_takes_a_modified_level2s_head_noun_and_leaves_the_rest() -> None:
+    caption = "A large brown bear walks through tall grass next to a river."
+    for level2, head in (("brown bear", "bear"), ("tennis player", "player"), ("wild turkeys", "turkey"),
+                         ("stuffed teddy bears", "teddy bear"), ("double-decker bus", "bus")):
+        levels = head_level1(("animal", level2, "x", caption))
+        assert levels == (head, level2, "x", caption) and level1_problem(head, level2) is None, level2
+    for level2 in ("bear", "two men", "broccoli and cauliflower", "snow boards", "cat sleeping", "flux capacitor"):
+        # one word; no head before it; a coordination; a head not last (the table knows "snow", not "boards");
+        # head first; a head the table does not know: level 1 stays
+        assert head_level1(("animal", level2, "x", caption))[0] == "animal", level2
+    answer = ("wild animal", "brown bear", "a large brown bear walks through tall grass")
+    assert validate_hierarchy(answer, caption, Checks(head_level1=True)).levels[0] == "bear"
+    assert validate_hierarchy(answer, caption, Checks(head_level1=True), level1_seed=3).levels[0] == "bear"  # not redrawn
+    assert validate_hierarchy(answer, caption).levels[0] == "wild animal"  # off by default
 
 
 def test_relation_places_one_head_against_another() -> None:

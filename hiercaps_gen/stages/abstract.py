@@ -60,7 +60,7 @@ class AbstractStage(ShardStage):
         self.settings = config.abstract
         self.template = load_prompt(self.settings.prompt)
         self.checks = Checks(self.settings.max_level1_words, self.settings.min_overlap, self.settings.level1_check,
-                             self.settings.repair_level1)
+                             self.settings.repair_level1, self.settings.head_level1)
         llm = self.settings.llm  # an engine in this process needs a GPU unless told `cpu` (auto: vLLM's GPU)
         device = "cpu" if llm.backend == "openai" else llm.device if llm.device != "auto" else "cuda" if llm.backend == "vllm" else "cpu"
         self.resources = Resources(cpus=2, memory_gb=4.0).on(device)
