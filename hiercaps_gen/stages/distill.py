@@ -87,7 +87,7 @@ class DistillStage(ShardStage):
 
     def _distill(self, rows: list[dict[str, Any]]) -> ShardOutput:
         a = self.config.abstract
-        checks = Checks(a.max_level1_words, a.min_overlap, a.level1_check, a.repair_level1)
+        checks = Checks(a.max_level1_words, a.min_overlap, a.level1_check, a.repair_level1, a.head_level1)
         size = self.config.ordering.batch_size
         captions = [r["caption"] for r in rows]
         texts = [t for s in range(0, len(rows), size) for t in self.model.ancestors(captions[s : s + size])]

@@ -27,7 +27,8 @@ from hiercaps_gen.config import RunConfig
 LLM_OPERATIONAL = ("base_urls", "api_key_env", "concurrency", "timeout_s", "max_retries", "gpu_memory_utilization",
                    "batch_size", "prefix_cache", "threads", "kv_cache_gib", "compile", "max_model_len")
 # Abstract's checks, which distill re-applies to the ordering model's output.
-ABSTRACT_CHECKS = ("max_level1_words", "min_overlap", "level1_check", "repair_level1", "embedding_check", "embedding_min_tau", "embedding_encoder")
+ABSTRACT_CHECKS = ("max_level1_words", "min_overlap", "level1_check", "repair_level1", "head_level1", "embedding_check",
+                   "embedding_min_tau", "embedding_encoder")
 
 
 @dataclass(frozen=True)
