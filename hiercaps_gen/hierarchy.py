@@ -296,9 +296,9 @@ def head_level1(levels: tuple[str, ...]) -> tuple[str, ...]:
     Why: in a third of the authors' chains level 1 is a word of level 2 ("kite" ⊐ "kite flying",
     "bear" ⊐ "teddy bear"), a pair an encoder tuned only on category level 1s orders worst; set on
     a release's rows post hoc it lifted the RE proxy by 0.0027 ± 0.0009 over ten paired draws
-    (docs/decisions.md, stop 28).
-    True by construction: the head names what level 2 names, with less said. Only a head-final
-    level 2 the table knows, and not a coordination ("broccoli and cauliflower").
+    (docs/decisions.md, stop 28). True by construction: the head names what level 2 names, with
+    less said. Only a head-final level 2 the table knows, and not a coordination ("broccoli and
+    cauliflower").
     """
     content = _content(levels[1])
     if {"and", "or"} & set(words(levels[1])):
