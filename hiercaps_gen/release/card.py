@@ -164,7 +164,7 @@ def limitations(stats: dict[str, Any]) -> list[str]:
     pos, neg = stats["positive"], stats["negative"]
     return [
         f"Level 1 of the positives averages {_num(pos['words_mean'][0])} words "
-        f"({pos['distinct_level1']} distinct level-1 categories over {stats['rows']} rows).",
+        f"({pos['distinct_level1']} distinct level-1 texts over {stats['rows']} rows).",
         f"In {_pct(pos['repeated_adjacent'])} of rows a positive level repeats the one above it; "
         f"in {_pct(neg['repeated_adjacent'])} a negative level does.",
         "Negative level equal to the positive level at the same depth (levels 1→4): "

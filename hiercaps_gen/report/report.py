@@ -95,7 +95,7 @@ def comparison_rows(stats: list[dict[str, Any]], profiles: list[dict[str, Any]],
             rows.append((f"{column} containment {k + 1}→{k + 2}", [_pct(s[column]["containment"][k]) for s in stats]))
             rows.append((f"{column} coverage {k + 1}→{k + 2}", [_pct(s[column]["coverage"][k]) for s in stats]))
         rows.append((f"{column}: a level repeats the one above", [_pct(s[column]["repeated_adjacent"]) for s in stats]))
-        rows.append((f"{column}: distinct level-1 categories", [str(s[column]["distinct_level1"]) for s in stats]))
+        rows.append((f"{column}: distinct level-1 texts", [str(s[column]["distinct_level1"]) for s in stats]))
     for k in range(LEVELS):
         rows.append((f"negative = positive at level {k + 1}", [_pct(s["negative_equals_positive"][k]) for s in stats]))
     for k in range(LEVELS - 1):
