@@ -287,14 +287,20 @@ def test_an_engine_leaves_no_socket_files(tmp_path):
 
 def test_openai_backend_against_a_real_vllm_server(tmp_path, smollm2_vllm):
     from hiercaps_gen.llm.hf_export import hf_model_dir
+    from hiercaps_gen.llm.vllm_backend import engine_settings
 
     port = free_port()
     log = open(tmp_path / "server.log", "wb")
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    # the server gets the settings of the session's in-process engine, so the two compute alike
+    args, engine_env = engine_settings(smollm2_vllm.config, hf_model_dir("embedded:smollm2"))
+    assert not args["enable_chunked_prefill"] and args["enforce_eager"]
+    env = {**os.environ, **engine_env}
     server = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", hf_model_dir("embedded:smollm2"),
-         "--served-model-name", "embedded:smollm2", "--enforce-eager", "--host", "127.0.0.1", "--port", str(port),
-         "--enable-prefix-caching"],
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", args["model"],
+         "--served-model-name", "embedded:smollm2", "--host", "127.0.0.1", "--port", str(port),
+         "--dtype", args["dtype"], "--seed", str(args["seed"]), "--max-num-seqs", str(args["max_num_seqs"]),
+         "--max-num-batched-tokens", str(args["max_num_batched_tokens"]), "--no-enable-chunked-prefill",
+         "--enforce-eager", "--enable-prefix-caching"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
@@ -312,6 +318,7 @@ def test_openai_backend_against_a_real_vllm_server(tmp_path, smollm2_vllm):
         config = RunConfig().with_overrides({
             "abstract.llm.backend": "openai", "abstract.llm.base_urls": [f"http://127.0.0.1:{port}/v1"],
             "abstract.llm.structured_output": True, "abstract.llm.timeout_s": 120, "abstract.max_attempts": 1,
+            "abstract.llm.concurrency": 1,  # one request at a time: each step is one prompt, as below
         })
         manifest = AbstractStage(config, tmp_path).run()
     finally:
@@ -320,10 +327,14 @@ def test_openai_backend_against_a_real_vllm_server(tmp_path, smollm2_vllm):
     totals = manifest["totals"]
     assert totals["in"] == len(rows) == totals["accepted"] + totals["rejected"] and totals["accepted"] >= 1
     assert "format" not in totals["reasons"]  # the server enforced the regex too
-    # the server runs the same engine on the same chat as in-process vLLM: the same greedy answers
+    # the server runs the same engine on the same chat as in-process vLLM: the same greedy answers.
+    # Both sides see the prompts one by one in the same order from a cold prefix cache, so each
+    # step computes the same shapes (a step's batch and cache hits move the logits' last bits and
+    # flip near-ties: docs/vllm.md); the session engine's cache holds other tests' prompts.
     stage = AbstractStage(config, tmp_path)
     requests = [stage.request(r, 1, 0) for r in rows]
-    local = smollm2_vllm.generate(requests)
+    assert smollm2_vllm.llm.reset_prefix_cache()
+    local = [smollm2_vllm.generate([r])[0] for r in requests]
     cache = LLMCache(tmp_path / "abstract" / "cache.sqlite")
     served = cache.get_many([r.key(stage.model_id) for r in requests])
     cache.close()

@@ -225,6 +225,7 @@ class VLLMGenerator(Generator):
     """`vllm.LLM` loaded once per worker process; `generate` hands vLLM every request at once."""
 
     def __init__(self, llm_config: LLMConfig) -> None:
+        self.config = llm_config
         self.llm = build_llm(llm_config)
         self.tokenizer = self.llm.get_tokenizer()
         self.model_id = model_identity(llm_config.model, llm_config.revision)
