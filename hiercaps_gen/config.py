@@ -132,6 +132,11 @@ class NegativesConfig(Strict):
     level1_source: Literal["model", "categories"] = Field(
         default="model", description="n_1 sampled by the ordering model, or drawn among table categories no positive names"
     )
+    level1_order: Literal["words", "breadth"] = Field(
+        default="words",
+        description="categories n_1: no wordier than p_1 first, or by breadth (table members under them): no "
+        "narrower than p_1 first, nearest p_1's first, the nearest three in a seeded order",
+    )
     level1_pair: Literal["drawn", "margin"] = Field(
         default="drawn",
         description="p_1 as the abstract stage drew it, or re-chosen beside a drawn n_1 among the table categories "

@@ -199,6 +199,38 @@ def test_level1_categories_no_wordier_than_p1_come_first(tmp_path: Path) -> None
         assert 0 < sum(longer) < len(options) and longer == sorted(longer), row["positive"][0]
 
 
+def test_level1_order_breadth_tries_categories_as_broad_as_p1_first(tmp_path: Path) -> None:
+    """`level1_order: breadth`: the n_1 candidates are every valid absent category, the three whose
+    breadth (table members under them) is nearest p_1's, no narrower ones before narrower ones,
+    first in a seeded order, then the rest by that order; a p_1 the table has no breadth for (a
+    head noun, "bear") keeps the words order."""
+    import math
+
+    run_dir = _copy(tmp_path, rows=12)
+    breadth = hypernyms.category_sizes()
+    base = hierarchy_rows(1)[0]
+    firsts: dict[int, set[str]] = {}
+    for p1 in ("animal", "person", "plumbing fixture", "furniture"):
+        row = {**base, "positive": [p1, *base["positive"][1:]]}
+        distance = lambda c: (breadth[c] < breadth[p1], abs(math.log(breadth[c]) - math.log(breadth[p1])))  # noqa: E731
+        for seed in range(4):
+            stage = NegativesStage(tiny_config(**{"negatives.level1_source": "categories", "negatives.level1_order":
+                                                  "breadth", "seed": seed}), run_dir)
+            options = stage.level1_categories(row)
+            named = {p.lower() for p in row["positive"]}
+            absent = hypernyms.absent_categories([w for p in row["positive"] for w in words(p)], named)
+            assert sorted(options) == sorted(c for c in absent if stage.lexical_problem(c, 0, row["positive"]) is None)
+            assert max(map(distance, options[:3])) <= min(map(distance, options[3:]))
+            assert [distance(c) for c in options[3:]] == sorted(distance(c) for c in options[3:])
+            firsts.setdefault(seed, set()).add(options[0])
+    assert len({frozenset(f) for f in firsts.values()}) > 1  # the nearest three are drawn, not fixed
+    row = {**base, "positive": ["bear", "brown bear", *base["positive"][2:]]}
+    options = NegativesStage(tiny_config(**{"negatives.level1_source": "categories",
+                                            "negatives.level1_order": "breadth"}), run_dir).level1_categories(row)
+    longer = [word_count(c) > 1 for c in options]
+    assert longer == sorted(longer) and 0 < sum(longer) < len(options)
+
+
 def test_short_negatives_with_a_word_nobody_knows_are_refused(tmp_path: Path) -> None:
     """`known_word_levels: 2`: at levels 1-2 every word must be in the scorer's vocabulary, the
     run's positives or the hypernym table; longer levels are left to the fluency filter."""

@@ -14,7 +14,8 @@ word salad a small model also samples; with `min_words_share` a sample shorter t
 p_k's words is kept only when no longer one is valid (a sibling is about as specific as p_k).
 With `level1_source: categories` (the CPU default) n_1 is not sampled: it is drawn among the
 hypernym table's categories that no positive level names, which a small model's n_1 ("person",
-"roadassistant") often is not; measured in docs/decisions.md. With `known_word_levels: 2` (the
+"roadassistant") often is not; measured in docs/decisions.md; with `level1_order: breadth` (the
+CPU default) among those about as broad as p_1, no narrower, first. With `known_word_levels: 2` (the
 CPU default) a level-1 or level-2 candidate with a word nobody knows is refused (`unknown_word`).
 With `repeat_ngram: 3` (the CPU default) a level-3 or level-4 candidate that says a run of three
 words twice is refused (`repetitive`): the fluency filter reads such a loop as likely text.
@@ -33,6 +34,7 @@ held once per worker process (`ordering/vllm_sampler.py`).
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections import Counter
 from functools import cached_property
@@ -57,6 +59,19 @@ LEVELS = hierarchy.LEVELS
 TABLE_LEVELS = 2  # levels 1-2: a word or two, whose head noun the hypernym table can place
 RELATED = {"same": "same_head", "above": "ancestor", "below": "descendant"}
 DISTILL_STAGE = "distill"
+
+
+def nearest_breadth_first(options: list[str], breadth: int, rng: random.Random, nearest: int = 3) -> list[str]:
+    """Table categories ordered as n_1 candidates beside a p_1 of `breadth` table members: those no
+    narrower than p_1 before narrower ones, each by how far their breadth is from p_1's (log
+    scale), the first `nearest` shuffled. A sibling as broad as p_1 ("food" beside "animal",
+    "seat" beside "plumbing fixture") is what the RE loss should push out of p_1's cone: a
+    narrower n_1 taught the level-1 order less, a concrete noun far less (docs/decisions.md, stop 29)."""
+    sizes = hypernyms.category_sizes()
+    ordered = sorted(options, key=lambda c: (sizes[c] < breadth, abs(math.log(sizes[c]) - math.log(breadth))))
+    head = ordered[:nearest]
+    rng.shuffle(head)
+    return head + ordered[nearest:]
 
 
 def _seed(*parts: object) -> int:
@@ -178,12 +193,19 @@ class NegativesStage(ShardStage):
         uniform draw among valid siblings, as the model's first valid sample is at levels 2+ —
         among those no wordier than p_1 first: a sibling is about as specific as p_1, and drawn
         over all the table's categories and kinds ("sports equipment", "hoofed mammal") n_1 had
-        ~20 % more words than the reference's (docs/decisions.md, stop 23)."""
+        ~20 % more words than the reference's (docs/decisions.md, stop 23). With `level1_order:
+        breadth` a table-category p_1 puts the categories at least about as broad as it first instead
+        (`nearest_breadth_first`)."""
         positive = row["positive"]
         named = {p.lower() for p in positive}
         words = [w for p in positive for w in hierarchy.words(p)]
         options = [c for c in hypernyms.absent_categories(words, named) if self.lexical_problem(c, 0, positive) is None]
-        random.Random(_seed(self.config.seed, row["id"], "level1")).shuffle(options)
+        rng = random.Random(_seed(self.config.seed, row["id"], "level1"))
+        rng.shuffle(options)
+        breadth = hypernyms.category_sizes()
+        p1 = positive[0].lower()
+        if self.config.negatives.level1_order == "breadth" and p1 in breadth:
+            return nearest_breadth_first(options, breadth[p1], rng)
         return sorted(options, key=lambda c: word_count(c) > word_count(positive[0]))
 
     def rechoose_level1(self, rows: list[dict[str, Any]], chosen: dict[tuple[int, int], str]) -> tuple[list[dict[str, Any]], int]:
