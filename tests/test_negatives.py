@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -204,8 +205,6 @@ def test_level1_order_breadth_tries_categories_as_broad_as_p1_first(tmp_path: Pa
     breadth (table members under them) is nearest p_1's, no narrower ones before narrower ones,
     first in a seeded order, then the rest by that order; a p_1 the table has no breadth for (a
     head noun, "bear") keeps the words order."""
-    import math
-
     run_dir = _copy(tmp_path, rows=12)
     breadth = hypernyms.category_sizes()
     base = hierarchy_rows(1)[0]
