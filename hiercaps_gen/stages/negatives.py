@@ -194,18 +194,16 @@ class NegativesStage(ShardStage):
         among those no wordier than p_1 first: a sibling is about as specific as p_1, and drawn
         over all the table's categories and kinds ("sports equipment", "hoofed mammal") n_1 had
         ~20 % more words than the reference's (docs/decisions.md, stop 23). With `level1_order:
-        breadth` a table-category p_1 puts the categories at least about as broad as it first instead
-        (`nearest_breadth_first`)."""
+        breadth` and a table-category p_1, breadth orders them instead (`nearest_breadth_first`)."""
         positive = row["positive"]
         named = {p.lower() for p in positive}
         words = [w for p in positive for w in hierarchy.words(p)]
         options = [c for c in hypernyms.absent_categories(words, named) if self.lexical_problem(c, 0, positive) is None]
         rng = random.Random(_seed(self.config.seed, row["id"], "level1"))
         rng.shuffle(options)
-        breadth = hypernyms.category_sizes()
-        p1 = positive[0].lower()
-        if self.config.negatives.level1_order == "breadth" and p1 in breadth:
-            return nearest_breadth_first(options, breadth[p1], rng)
+        p1_breadth = hypernyms.category_sizes().get(positive[0].lower())
+        if self.config.negatives.level1_order == "breadth" and p1_breadth is not None:
+            return nearest_breadth_first(options, p1_breadth, rng)
         return sorted(options, key=lambda c: word_count(c) > word_count(positive[0]))
 
     def rechoose_level1(self, rows: list[dict[str, Any]], chosen: dict[tuple[int, int], str]) -> tuple[list[dict[str, Any]], int]:
